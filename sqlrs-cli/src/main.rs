@@ -1,0 +1,2 @@
+//! The sqlrs command line.
+fn main() {}

@@ -1,0 +1,2 @@
+//! The sqlrsd daemon binary.
+fn main() {}

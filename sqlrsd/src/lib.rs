@@ -1,0 +1,9 @@
+//! The sqlrs engine: plans psql chains into content-addressed states, builds
+//! them on a PostgreSQL runtime, snapshots every step, and hands out
+//! writable instances. The `sqlrsd` binary serves it over gRPC.
+
+pub mod blobs;
+pub mod ids;
+pub mod planner;
+pub mod runtime;
+pub mod snapshot;
