@@ -1,6 +1,7 @@
 //! The sqlrsd protocol: generated gRPC types, the protocol version, the
 //! local-socket transport, XDG locations, and the client's connect-or-spawn.
 
+pub mod alias;
 pub mod client;
 pub mod paths;
 pub mod transport;
