@@ -1,0 +1,125 @@
+#!/usr/bin/env bash
+# The whole sqlrs test suite on a fresh Debian machine, as root: installs what
+# the tests need, builds, makes the btrfs and XFS test filesystems, then runs
+# rustfmt, clippy and every test (unit, integration and end-to-end).
+#
+#   bash packaging/ci/test.sh            (what `.ci/run` calls)
+#
+# Environment: SQLRS_CI_FS_DIR overrides where the test filesystems are mounted
+# (default <repo>/.build/fs, or /tmp/sqlrs-ci-fs when the `postgres` account
+# cannot reach the repository, e.g. a clone under /root).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+cd "$ROOT"
+
+section() { printf '\n==== %s ====\n' "$*"; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+[ "$(id -u)" -eq 0 ] || die "run as root (e.g. sudo bash .ci/run): the tests mount btrfs and XFS images and run PostgreSQL as the postgres account"
+
+export DEBIAN_FRONTEND=noninteractive
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+export RUST_BACKTRACE="${RUST_BACKTRACE:-1}"
+
+# ---------------------------------------------------------------------------
+section "system packages"
+# postgresql: server binaries for the native runtime; postgresql-client: psql;
+# btrfs-progs / xfsprogs: the snapshot backends' test filesystems;
+# gcc + libc6-dev: the linker rustc needs.
+PACKAGES=(postgresql postgresql-client btrfs-progs xfsprogs gcc libc6-dev ca-certificates curl)
+missing=()
+for p in "${PACKAGES[@]}"; do
+    if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then
+        missing+=("$p")
+    fi
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+    echo "installing: ${missing[*]}"
+    # sqlrs makes its own clusters: the package's default cluster is not needed.
+    mkdir -p /etc/postgresql-common
+    if [ ! -e /etc/postgresql-common/createcluster.conf ]; then
+        echo 'create_main_cluster = false' >/etc/postgresql-common/createcluster.conf
+    fi
+    apt-get update -q
+    apt-get install -y -q -o Dpkg::Options::=--force-confold --no-install-recommends "${missing[@]}"
+else
+    echo "all present: ${PACKAGES[*]}"
+fi
+id postgres >/dev/null 2>&1 || die "the postgres account is missing although postgresql is installed"
+
+# ---------------------------------------------------------------------------
+section "Rust toolchain"
+if ! command -v cargo >/dev/null 2>&1 && [ -x "$HOME/.cargo/bin/cargo" ]; then
+    export PATH="$HOME/.cargo/bin:$PATH"
+fi
+if ! command -v cargo >/dev/null 2>&1; then
+    echo "cargo not found: installing the stable toolchain with rustup"
+    curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal -c rustfmt,clippy
+    export PATH="$HOME/.cargo/bin:$PATH"
+fi
+if command -v rustup >/dev/null 2>&1; then
+    { cargo fmt --version && cargo clippy --version; } >/dev/null 2>&1 || rustup component add rustfmt clippy
+fi
+cargo --version
+rustc --version
+psql --version
+
+# ---------------------------------------------------------------------------
+section "build (cargo build --workspace --all-targets)"
+cargo build --workspace --all-targets --locked
+
+# ---------------------------------------------------------------------------
+section "test filesystems (btrfs, XFS with reflink)"
+FS_DIR="${SQLRS_CI_FS_DIR:-$ROOT/.build/fs}"
+if [ -z "${SQLRS_CI_FS_DIR:-}" ] && ! runuser -u postgres -- test -x "$ROOT"; then
+    echo "the postgres account cannot enter $ROOT; mounting the test filesystems under /tmp instead"
+    FS_DIR=/tmp/sqlrs-ci-fs
+fi
+
+unmount_test_filesystems() {
+    local m
+    for m in "$FS_DIR/btrfs" "$FS_DIR/xfs"; do
+        if mountpoint -q "$m" 2>/dev/null; then
+            umount "$m" 2>/dev/null || umount -l "$m" || echo "warning: could not unmount $m" >&2
+        fi
+    done
+}
+trap unmount_test_filesystems EXIT
+unmount_test_filesystems
+mkdir -p "$FS_DIR"
+
+fs_vars="$(bash packaging/ci/btrfs-image.sh "$FS_DIR")"
+echo "$fs_vars"
+SQLRS_TEST_BTRFS="$(sed -n 's/^SQLRS_TEST_BTRFS=//p' <<<"$fs_vars" | tail -n1)"
+SQLRS_TEST_XFS="$(sed -n 's/^SQLRS_TEST_XFS=//p' <<<"$fs_vars" | tail -n1)"
+[ -n "$SQLRS_TEST_BTRFS" ] || die "packaging/ci/btrfs-image.sh printed no SQLRS_TEST_BTRFS=..."
+[ -n "$SQLRS_TEST_XFS" ] || die "packaging/ci/btrfs-image.sh printed no SQLRS_TEST_XFS=..."
+export SQLRS_TEST_BTRFS SQLRS_TEST_XFS
+runuser -u postgres -- test -x "$SQLRS_TEST_BTRFS" || die "the postgres account cannot enter $SQLRS_TEST_BTRFS"
+
+# ---------------------------------------------------------------------------
+# Every check runs even when an earlier one fails; the summary says which failed.
+failed=()
+run_check() {
+    local name="$1"
+    shift
+    section "$name"
+    if "$@"; then
+        echo "-- $name: ok"
+    else
+        echo "-- $name: FAILED"
+        failed+=("$name")
+    fi
+}
+
+run_check "rustfmt" cargo fmt --all --check
+run_check "clippy" cargo clippy --workspace --all-targets --locked -- -D warnings
+run_check "tests" cargo test --workspace --locked
+
+section "summary"
+if [ "${#failed[@]}" -gt 0 ]; then
+    echo "failed: ${failed[*]}"
+    exit 1
+fi
+echo "all checks passed"
