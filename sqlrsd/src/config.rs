@@ -1,0 +1,149 @@
+//! The daemon's configuration file (`$XDG_CONFIG_HOME/sqlrs/config.yaml`):
+//! every key is optional, a missing file means all defaults.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub snapshot: SnapshotConfig,
+    pub runtime: RuntimeConfig,
+    pub jobs: JobsConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SnapshotConfig {
+    /// `auto` | `btrfs` | `reflink` | `copy`.
+    pub backend: String,
+}
+
+impl Default for SnapshotConfig {
+    fn default() -> Self {
+        Self {
+            backend: "auto".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RuntimeConfig {
+    pub native: NativeSection,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NativeSection {
+    /// Directory holding `initdb`, `postgres` and `psql`.
+    pub bin_dir: Option<PathBuf>,
+    /// Account the servers run as when the daemon runs as root.
+    pub server_user: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct JobsConfig {
+    /// Finished jobs kept in the index; older ones are dropped.
+    pub keep: usize,
+    /// Events kept per job.
+    pub max_events: usize,
+}
+
+impl Default for JobsConfig {
+    fn default() -> Self {
+        Self {
+            keep: 200,
+            max_events: 2000,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}:{line}:{column}: {message}; fix the file or remove the key to use the default", path.display())]
+    Parse {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+}
+
+impl Config {
+    /// Loads `path`; a missing file gives the defaults.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
+            Err(source) => {
+                return Err(ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                });
+            }
+        };
+        Self::parse(&text).map_err(|e| {
+            let (line, column) = e
+                .location()
+                .map(|l| (l.line(), l.column()))
+                .unwrap_or((1, 1));
+            ConfigError::Parse {
+                path: path.to_owned(),
+                line,
+                column,
+                message: e.to_string(),
+            }
+        })
+    }
+
+    fn parse(text: &str) -> Result<Self, serde_norway::Error> {
+        if text.trim().is_empty() {
+            return Ok(Self::default());
+        }
+        serde_norway::from_str(text)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_table() {
+        let cases: &[(&str, Result<&str, &str>)] = &[
+            ("", Ok("auto")),
+            ("snapshot:\n  backend: copy\n", Ok("copy")),
+            (
+                "runtime:\n  native:\n    bin_dir: /usr/lib/postgresql/15/bin\n",
+                Ok("auto"),
+            ),
+            ("snapshot:\n  backnd: copy\n", Err("unknown field `backnd`")),
+            ("snapshot: [\n", Err("")),
+        ];
+        for (text, want) in cases {
+            match (Config::parse(text), want) {
+                (Ok(c), Ok(backend)) => assert_eq!(c.snapshot.backend, *backend, "{text}"),
+                (Err(e), Err(frag)) => assert!(e.to_string().contains(frag), "{text}: {e}"),
+                (got, _) => panic!("{text}: unexpected {got:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn parse_error_names_file_and_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.yaml");
+        std::fs::write(&path, "jobs:\n  keep: many\n").unwrap();
+        let msg = Config::load(&path).unwrap_err().to_string();
+        assert!(msg.contains("config.yaml:2:"), "{msg}");
+        assert!(Config::load(&dir.path().join("absent.yaml")).is_ok());
+    }
+}

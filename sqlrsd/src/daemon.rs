@@ -1,0 +1,191 @@
+//! The daemon's lifecycle: one sqlrsd per store (an exclusive lock), a fresh
+//! token, the engine put together from config, reconciliation, then gRPC on
+//! the local socket until Shutdown or a signal.
+
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlrs_proto::paths::{Locations, is_root};
+use sqlrs_proto::pb::sqlrs_server::SqlrsServer;
+use sqlrs_proto::transport;
+use tokio::sync::watch;
+
+use crate::blobs::BlobStore;
+use crate::config::Config;
+use crate::engine::Engine;
+use crate::index::Index;
+use crate::jobs::Jobs;
+use crate::model::{now_ms, random_id};
+use crate::runtime::{NativeConfig, NativeRuntime};
+use crate::service::{DaemonInfo, Service};
+use crate::snapshot::{self, BackendChoice};
+use crate::store::Store;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("another sqlrsd already serves {}; stop it with `sqlrs daemon stop` or use other XDG_STATE_HOME", .0.display())]
+    AlreadyRunning(PathBuf),
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("snapshot.backend {0:?} in the config is not one of auto, btrfs, reflink, copy")]
+    Backend(String),
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Engine(#[from] crate::engine::EngineError),
+    #[error(transparent)]
+    Index(#[from] crate::index::IndexError),
+    #[error(transparent)]
+    Runtime(#[from] crate::runtime::RuntimeError),
+    #[error(transparent)]
+    Snapshot(#[from] crate::snapshot::SnapshotError),
+    #[error(transparent)]
+    Blobs(#[from] crate::blobs::BlobError),
+    #[error("serving gRPC: {0}")]
+    Serve(#[from] tonic::transport::Error),
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> DaemonError + '_ {
+    move |source| DaemonError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Runs the daemon until it is asked to stop.
+pub async fn run(loc: Locations) -> Result<(), DaemonError> {
+    let root = is_root();
+    let store = Store::new(&loc.state_dir);
+    store.create(root).map_err(io(&loc.state_dir))?;
+    let _lock = lock_store(&loc.daemon_lock_path())?;
+    let config = Config::load(&loc.config_path())?;
+    let token = write_token(&loc.token_path())?;
+
+    let index = Arc::new(Index::open(&store.index_path())?);
+    let jobs = Jobs::new(index.clone(), config.jobs.max_events, config.jobs.keep);
+    let blobs = BlobStore::open(&store.blobs_dir())?;
+    let runtime = Arc::new(NativeRuntime::detect(&NativeConfig {
+        bin_dir: config.runtime.native.bin_dir.clone(),
+        server_user: config.runtime.native.server_user.clone(),
+    })?);
+    let choice = match config.snapshot.backend.as_str() {
+        "auto" => BackendChoice::Auto,
+        other => BackendChoice::Fixed(
+            other
+                .parse()
+                .map_err(|_| DaemonError::Backend(other.into()))?,
+        ),
+    };
+    let detected = snapshot::detect(&store.states_dir(), choice)?;
+    tracing::info!(
+        snapshotter = %detected.snapshotter.kind(),
+        reason = %detected.reason,
+        "store {}",
+        store.root().display()
+    );
+    let engine = Arc::new(Engine::new(
+        store,
+        index,
+        jobs,
+        blobs,
+        runtime,
+        detected.snapshotter,
+        detected.reason,
+    ));
+    engine.reconcile().await?;
+
+    let socket = loc.socket_path();
+    let listener = transport::bind(&socket).map_err(io(&socket))?;
+    let (shutdown_tx, mut shutdown_rx) = watch::channel(false);
+    let service = Service::new(
+        engine.clone(),
+        DaemonInfo {
+            socket_path: socket.display().to_string(),
+            state_dir: loc.state_dir.display().to_string(),
+            started_at_ms: now_ms(),
+        },
+        token,
+        shutdown_tx,
+    );
+    tracing::info!(pid = std::process::id(), "listening on {}", socket.display());
+    let stop = async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = shutdown_rx.wait_for(|v| *v) => {}
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        tracing::info!("shutting down");
+    };
+    tonic::transport::Server::builder()
+        .add_service(
+            SqlrsServer::new(service)
+                .max_decoding_message_size(64 << 20)
+                .max_encoding_message_size(64 << 20),
+        )
+        .serve_with_incoming_shutdown(transport::incoming(listener), stop)
+        .await?;
+    stop_jobs(&engine).await;
+    let _ = std::fs::remove_file(&socket);
+    Ok(())
+}
+
+/// Cancels running jobs and gives them a moment to clean up their builds.
+/// Instances keep running: they are re-adopted at the next start.
+async fn stop_jobs(engine: &Engine) {
+    for id in engine.jobs.live_ids() {
+        engine.jobs.cancel(&id);
+    }
+    for _ in 0..200 {
+        if engine.jobs.live_ids().is_empty() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn lock_store(path: &Path) -> Result<std::fs::File, DaemonError> {
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io(path))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            return Err(DaemonError::AlreadyRunning(
+                path.parent().unwrap_or(path).to_owned(),
+            ));
+        }
+        Err(std::fs::TryLockError::Error(e)) => return Err(io(path)(e)),
+    }
+    file.set_len(0).map_err(io(path))?;
+    writeln!(file, "{}", std::process::id()).map_err(io(path))?;
+    Ok(file)
+}
+
+/// A new token per daemon start, readable by the owner only.
+fn write_token(path: &Path) -> Result<String, DaemonError> {
+    let token = random_id() + &random_id();
+    let tmp = path.with_extension("tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .create_new(true)
+        .write(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(io(&tmp))?;
+    f.write_all(token.as_bytes()).map_err(io(&tmp))?;
+    f.sync_all().map_err(io(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(io(path))?;
+    Ok(token)
+}

@@ -1,0 +1,1129 @@
+//! The engine: turns a prepare request into a chain of states (reusing the
+//! longest cached prefix, building and snapshotting the rest) and hands out
+//! instances; removes instances, states and jobs; reconciles the store with
+//! the index at start-up.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use crate::blobs::{self, BlobStore};
+use crate::ids::{self, StateId};
+use crate::index::{Index, IndexError};
+use crate::jobs::{Jobs, LiveJob};
+use crate::model::{
+    EventKind, InstanceRecord, InstanceStatus, JobFailure, PlanStepView, PlanView, RunStatus,
+    StateRecord, StepProgress, TaskKind, TaskRecord, now_ms, random_id,
+};
+use crate::planner::{self, PsqlRequest, Step};
+use crate::runtime::{Runtime, RuntimeError, ServerHandle, ServerOptions, generate_password};
+use crate::snapshot::Snapshotter;
+use crate::store::Store;
+
+/// What a client asks to prepare.
+#[derive(Debug, Clone)]
+pub struct PrepareInput {
+    pub kind: String,
+    pub args: Vec<String>,
+    pub cwd: PathBuf,
+    pub stdin: Option<Vec<u8>>,
+    pub alias_path: Option<PathBuf>,
+}
+
+/// Errors of engine operations other than a job's own failure.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("{what} {id} not found")]
+    NotFound { what: &'static str, id: String },
+    #[error("id prefix {prefix} matches several {what}s ({}); give more characters", matches.join(", "))]
+    Ambiguous {
+        what: &'static str,
+        prefix: String,
+        matches: Vec<String>,
+    },
+    #[error("id prefix {0:?} is too short: give at least 8 hex characters")]
+    ShortPrefix(String),
+    #[error("{0}")]
+    InvalidRequest(String),
+    #[error(transparent)]
+    Plan(#[from] planner::PlanError),
+    #[error(transparent)]
+    Index(#[from] IndexError),
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    #[error(transparent)]
+    Snapshot(#[from] crate::snapshot::SnapshotError),
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+impl EngineError {
+    /// Stable machine-readable reason.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::NotFound { .. } => "not_found",
+            Self::Ambiguous { .. } => "ambiguous_id",
+            Self::ShortPrefix(_) => "short_prefix",
+            Self::InvalidRequest(_) => "invalid_request",
+            Self::Plan(_) => "plan_error",
+            Self::Index(_) => "index_error",
+            Self::Runtime(_) => "runtime_error",
+            Self::Snapshot(_) => "snapshot_error",
+            Self::Io { .. } => "io_error",
+        }
+    }
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> EngineError + '_ {
+    move |source| EngineError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// How one prepare ended, other than with an instance.
+enum Stop {
+    Failed(JobFailure),
+    Cancelled,
+}
+
+impl From<EngineError> for Stop {
+    fn from(e: EngineError) -> Self {
+        Stop::Failed(JobFailure {
+            reason: e.reason().into(),
+            message: e.to_string(),
+            file: None,
+            line: None,
+            step: None,
+        })
+    }
+}
+
+macro_rules! impl_stop_from {
+    ($($t:ty),*) => {$(
+        impl From<$t> for Stop {
+            fn from(e: $t) -> Self {
+                Stop::from(EngineError::from(e))
+            }
+        }
+    )*};
+}
+impl_stop_from!(
+    IndexError,
+    RuntimeError,
+    crate::snapshot::SnapshotError,
+    planner::PlanError
+);
+
+/// One item a removal touched (or would touch, on a dry run).
+#[derive(Debug, Clone)]
+pub struct Removal {
+    pub kind: &'static str,
+    pub id: String,
+    pub removed: bool,
+    pub blocked_reason: Option<String>,
+}
+
+/// A planned chain: the base and the steps with their state ids.
+struct Chain {
+    base: StateId,
+    steps: Vec<Step>,
+    ids: Vec<StateId>,
+}
+
+pub struct Engine {
+    pub store: Store,
+    pub index: Arc<Index>,
+    pub jobs: Jobs,
+    pub blobs: BlobStore,
+    pub runtime: Arc<dyn Runtime>,
+    pub snapshotter: Box<dyn Snapshotter>,
+    pub snapshotter_reason: String,
+    /// Single flight: the first missing state of a build is locked while it is built.
+    build_locks: Mutex<HashMap<StateId, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl Engine {
+    pub fn new(
+        store: Store,
+        index: Arc<Index>,
+        jobs: Jobs,
+        blobs: BlobStore,
+        runtime: Arc<dyn Runtime>,
+        snapshotter: Box<dyn Snapshotter>,
+        snapshotter_reason: String,
+    ) -> Self {
+        Self {
+            store,
+            index,
+            jobs,
+            blobs,
+            runtime,
+            snapshotter,
+            snapshotter_reason,
+            build_locks: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn engine_label(&self) -> String {
+        self.runtime.engine().label()
+    }
+
+    fn build_lock(&self, id: &StateId) -> Arc<tokio::sync::Mutex<()>> {
+        self.build_locks
+            .lock()
+            .expect("build locks")
+            .entry(*id)
+            .or_default()
+            .clone()
+    }
+
+    fn is_cached(&self, id: &StateId) -> Result<bool, IndexError> {
+        Ok(self.index.state(&id.to_hex())?.is_some())
+    }
+
+    /// Resolves an alias file into kind, args and cwd.
+    fn resolve_input(input: PrepareInput) -> Result<PrepareInput, EngineError> {
+        let Some(alias_path) = input.alias_path.clone() else {
+            return Ok(input);
+        };
+        let alias = sqlrs_proto::alias::load(&alias_path)
+            .map_err(|e| EngineError::InvalidRequest(e.to_string()))?;
+        let cwd = alias_path
+            .parent()
+            .map(Path::to_owned)
+            .unwrap_or_else(|| PathBuf::from("/"));
+        Ok(PrepareInput {
+            kind: alias.kind,
+            args: alias.args,
+            cwd,
+            stdin: input.stdin,
+            alias_path: Some(alias_path),
+        })
+    }
+
+    /// Plans a request: steps, ids, fingerprints. `ingest` copies every input
+    /// into the blob store (what is hashed is what will run).
+    async fn chain(self: &Arc<Self>, input: PrepareInput, ingest: bool) -> Result<Chain, EngineError> {
+        let input = Self::resolve_input(input)?;
+        if input.kind != "psql" {
+            return Err(EngineError::InvalidRequest(format!(
+                "prepare kind {:?} is not available: sqlrs prepares with psql (`prepare:psql`)",
+                input.kind
+            )));
+        }
+        if !input.cwd.is_absolute() {
+            return Err(EngineError::InvalidRequest(format!(
+                "working directory {} is not absolute",
+                input.cwd.display()
+            )));
+        }
+        let this = self.clone();
+        let steps = tokio::task::spawn_blocking(move || {
+            let req = PsqlRequest {
+                args: &input.args,
+                cwd: &input.cwd,
+                stdin: input.stdin.as_deref(),
+            };
+            planner::plan_psql(&req, ingest.then_some(&this.blobs))
+        })
+        .await
+        .expect("planner task panicked")?;
+        let base = ids::base_id(&self.runtime.engine());
+        let mut ids = Vec::with_capacity(steps.len());
+        let mut parent = base;
+        for s in &steps {
+            parent = ids::child_id(&parent, &s.fingerprint);
+            ids.push(parent);
+        }
+        Ok(Chain { base, steps, ids })
+    }
+
+    fn plan_view(&self, chain: &Chain) -> Result<PlanView, IndexError> {
+        let mut steps = Vec::with_capacity(chain.steps.len());
+        for (i, (s, id)) in chain.steps.iter().zip(&chain.ids).enumerate() {
+            steps.push(PlanStepView {
+                index: i as u32 + 1,
+                state_id: id.to_hex(),
+                summary: s.summary.clone(),
+                cached: self.is_cached(id)?,
+                inputs: s
+                    .inputs
+                    .iter()
+                    .map(|i| i.path.display().to_string())
+                    .collect(),
+            });
+        }
+        Ok(PlanView {
+            base_id: chain.base.to_hex(),
+            engine: self.engine_label(),
+            steps,
+        })
+    }
+
+    /// Plans without executing anything.
+    pub async fn plan(self: &Arc<Self>, input: PrepareInput) -> Result<PlanView, EngineError> {
+        let chain = self.chain(input, false).await?;
+        Ok(self.plan_view(&chain)?)
+    }
+
+    /// Runs a prepare job to its end, emitting events; never fails itself.
+    pub async fn run_prepare(self: Arc<Self>, job: Arc<LiveJob>, input: PrepareInput) {
+        let _ = self.jobs.update(&job, |r| r.status = RunStatus::Running);
+        let outcome = self.prepare(&job, input).await;
+        let cancelled = job.cancel.is_cancelled();
+        let (status, kind) = match outcome {
+            Ok(instance) => (RunStatus::Succeeded, EventKind::Succeeded(instance)),
+            Err(Stop::Cancelled) => (RunStatus::Cancelled, EventKind::Cancelled),
+            Err(Stop::Failed(_)) if cancelled => (RunStatus::Cancelled, EventKind::Cancelled),
+            Err(Stop::Failed(f)) => (RunStatus::Failed, EventKind::Failed(f)),
+        };
+        let _ = self.jobs.update(&job, |r| {
+            r.status = status;
+            r.finished_at_ms = now_ms();
+            if let EventKind::Failed(f) = &kind {
+                r.error = Some(f.clone());
+            }
+            if let EventKind::Succeeded(i) = &kind {
+                r.instance_id = Some(i.id.clone());
+            }
+            for t in &mut r.tasks {
+                if !t.status.is_final() {
+                    t.status = if status == RunStatus::Succeeded {
+                        RunStatus::Succeeded
+                    } else {
+                        RunStatus::Cancelled
+                    };
+                }
+            }
+        });
+        if let Err(e) = self.jobs.emit(&job, kind) {
+            tracing::error!(job = %job.id, "cannot store the final event: {e}");
+        }
+        let _ = std::fs::remove_dir_all(self.store.exec_dir(&job.id));
+        self.jobs.finish(&job);
+    }
+
+    fn set_task(&self, job: &LiveJob, index: u32, change: impl FnOnce(&mut TaskRecord)) {
+        let _ = self.jobs.update(job, |r| {
+            if let Some(t) = r.tasks.iter_mut().find(|t| t.index == index) {
+                change(t);
+            }
+        });
+    }
+
+    fn step_event(&self, job: &LiveJob, chain: &Chain, k: usize, status: &str, elapsed_ms: u64) {
+        let _ = self.jobs.emit(
+            job,
+            EventKind::Step(StepProgress {
+                index: k as u32 + 1,
+                total: chain.steps.len() as u32,
+                status: status.into(),
+                state_id: chain.ids[k].to_hex(),
+                summary: chain.steps[k].summary.clone(),
+                elapsed_ms,
+            }),
+        );
+    }
+
+    async fn prepare(
+        self: &Arc<Self>,
+        job: &Arc<LiveJob>,
+        input: PrepareInput,
+    ) -> Result<InstanceRecord, Stop> {
+        let now = now_ms();
+        let _ = self.jobs.update(job, |r| {
+            r.tasks.push(TaskRecord {
+                index: 0,
+                kind: TaskKind::Plan,
+                summary: "plan".into(),
+                status: RunStatus::Running,
+                state_id: None,
+                cached: false,
+                started_at_ms: now,
+                finished_at_ms: 0,
+            })
+        });
+        let chain = match self.chain(input, true).await {
+            Ok(c) => c,
+            Err(EngineError::Plan(e)) => {
+                self.set_task(job, 0, |t| t.status = RunStatus::Failed);
+                return Err(Stop::Failed(plan_failure(&e)));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let n = chain.steps.len();
+        let now = now_ms();
+        let head = chain.ids.last().expect("a plan has steps").to_hex();
+        let _ = self.jobs.update(job, |r| {
+            r.summary = chain
+                .steps
+                .iter()
+                .map(|s| s.summary.as_str())
+                .collect::<Vec<_>>()
+                .join(" ");
+            r.state_id = Some(head.clone());
+            r.tasks[0].status = RunStatus::Succeeded;
+            r.tasks[0].finished_at_ms = now;
+            for (k, s) in chain.steps.iter().enumerate() {
+                r.tasks.push(TaskRecord {
+                    index: k as u32 + 1,
+                    kind: TaskKind::Step,
+                    summary: s.summary.clone(),
+                    status: RunStatus::Queued,
+                    state_id: Some(chain.ids[k].to_hex()),
+                    cached: false,
+                    started_at_ms: 0,
+                    finished_at_ms: 0,
+                });
+            }
+            r.tasks.push(TaskRecord {
+                index: n as u32 + 1,
+                kind: TaskKind::Start,
+                summary: "start instance".into(),
+                status: RunStatus::Queued,
+                state_id: Some(head.clone()),
+                cached: false,
+                started_at_ms: 0,
+                finished_at_ms: 0,
+            });
+        });
+        self.jobs.emit(job, EventKind::Planned(self.plan_view(&chain)?))?;
+
+        // Longest cached prefix; the first missing state is built once.
+        let mut cached = self.cached_prefix(&chain)?;
+        let _guard;
+        if cached < n {
+            let lock = self.build_lock(&chain.ids[cached]);
+            _guard = tokio::select! {
+                g = lock.lock_owned() => g,
+                () = job.cancel.cancelled() => return Err(Stop::Cancelled),
+            };
+            cached = self.cached_prefix(&chain)?;
+        }
+        for k in 0..cached {
+            self.step_event(job, &chain, k, "cached", 0);
+            self.set_task(job, k as u32 + 1, |t| {
+                t.status = RunStatus::Succeeded;
+                t.cached = true;
+            });
+        }
+        let start_task = n as u32 + 1;
+        if cached == n {
+            self.set_task(job, start_task, |t| {
+                t.status = RunStatus::Running;
+                t.started_at_ms = now_ms();
+            });
+            let instance = self.start_instance(&head, &job.id).await?;
+            self.set_task(job, start_task, |t| {
+                t.status = RunStatus::Succeeded;
+                t.finished_at_ms = now_ms();
+            });
+            return Ok(instance);
+        }
+        let parent = if cached == 0 {
+            self.ensure_base(&chain.base).await?;
+            chain.base
+        } else {
+            chain.ids[cached - 1]
+        };
+        self.build(job, &chain, cached, &parent).await
+    }
+
+    /// Number of leading steps whose states are cached.
+    fn cached_prefix(&self, chain: &Chain) -> Result<usize, IndexError> {
+        for (k, id) in chain.ids.iter().enumerate().rev() {
+            if self.is_cached(id)? && self.store.state_path(&id.to_hex()).is_dir() {
+                return Ok(k + 1);
+            }
+        }
+        Ok(0)
+    }
+
+    /// Makes the engine's empty cluster, once.
+    async fn ensure_base(&self, base: &StateId) -> Result<(), Stop> {
+        let lock = self.build_lock(base);
+        let _g = lock.lock().await;
+        if self.is_cached(base)? {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let id = base.to_hex();
+        let work = self.store.work_dir().join(format!("base-{}", random_id()));
+        self.snapshotter.create_empty(&work)?;
+        let result = async {
+            self.runtime.adopt_dir(&work)?;
+            self.runtime.init_base(&work).await?;
+            self.record_state(&id, None, "initdb".into(), &work, started)
+                .await
+        }
+        .await;
+        let _ = self.snapshotter.remove(&work);
+        result
+    }
+
+    /// Snapshots `data` as state `id` and records it: made under a temporary
+    /// name, synced, renamed into place, then indexed.
+    async fn record_state(
+        &self,
+        id: &str,
+        parent: Option<String>,
+        summary: String,
+        data: &Path,
+        started: Instant,
+    ) -> Result<(), Stop> {
+        let tmp = self.store.state_tmp_path(id);
+        let dst = self.store.state_path(id);
+        if tmp.exists() {
+            self.snapshotter.remove(&tmp)?;
+        }
+        self.snapshotter.snapshot(data, &tmp)?;
+        std::fs::rename(&tmp, &dst).map_err(io_err(&dst))?;
+        let size = self.snapshotter.usage(&dst).unwrap_or(0);
+        let now = now_ms();
+        self.index.put_state(&StateRecord {
+            id: id.into(),
+            parent,
+            engine: self.engine_label(),
+            summary,
+            size_bytes: size,
+            created_at_ms: now,
+            last_used_at_ms: now,
+            use_count: 0,
+            build_ms: started.elapsed().as_millis() as u64,
+        })?;
+        Ok(())
+    }
+
+    fn server_options() -> ServerOptions {
+        ServerOptions { durable: false }
+    }
+
+    /// Builds steps `from..` on a clone of `parent`; the build server becomes
+    /// the job's instance.
+    async fn build(
+        self: &Arc<Self>,
+        job: &Arc<LiveJob>,
+        chain: &Chain,
+        from: usize,
+        parent: &StateId,
+    ) -> Result<InstanceRecord, Stop> {
+        let inst_id = random_id();
+        let mut record = InstanceRecord {
+            id: inst_id.clone(),
+            state_id: parent.to_hex(),
+            status: InstanceStatus::Building,
+            server: None,
+            password: String::new(),
+            dsn: String::new(),
+            created_at_ms: now_ms(),
+            job_id: job.id.clone(),
+            runtime: self.runtime.info().kind.into(),
+        };
+        self.index.put_instance(&record)?;
+        let result = self.build_steps(job, chain, from, parent, &mut record).await;
+        match result {
+            Ok(()) => Ok(record),
+            Err(stop) => {
+                self.discard_instance(&record).await;
+                Err(stop)
+            }
+        }
+    }
+
+    async fn build_steps(
+        self: &Arc<Self>,
+        job: &Arc<LiveJob>,
+        chain: &Chain,
+        from: usize,
+        parent: &StateId,
+        record: &mut InstanceRecord,
+    ) -> Result<(), Stop> {
+        let data = self.store.instance_data(&record.id);
+        let run = self.store.instance_run(&record.id);
+        self.clone_into_instance(&parent.to_hex(), &record.id)?;
+        let mut server = self
+            .runtime
+            .start(&data, &run, &Self::server_options())
+            .await?;
+        record.server = Some(server.clone());
+        self.index.put_instance(record)?;
+        let exec_root = self.store.exec_dir(&job.id);
+        for k in from..chain.steps.len() {
+            if job.cancel.is_cancelled() {
+                return Err(Stop::Cancelled);
+            }
+            let task = k as u32 + 1;
+            let started = Instant::now();
+            self.step_event(job, chain, k, "running", 0);
+            self.set_task(job, task, |t| {
+                t.status = RunStatus::Running;
+                t.started_at_ms = now_ms();
+            });
+            let step = &chain.steps[k];
+            let outcome = self.run_step(job, &server, step, &exec_root, k).await;
+            if let Err(stop) = outcome {
+                let status = match stop {
+                    Stop::Cancelled => RunStatus::Cancelled,
+                    Stop::Failed(_) => RunStatus::Failed,
+                };
+                self.set_task(job, task, |t| {
+                    t.status = status;
+                    t.finished_at_ms = now_ms();
+                });
+                self.step_event(
+                    job,
+                    chain,
+                    k,
+                    status.as_str(),
+                    started.elapsed().as_millis() as u64,
+                );
+                return Err(stop);
+            }
+            // Snapshot: atomic backends take the running server after a
+            // checkpoint; the others need it stopped.
+            let id = chain.ids[k].to_hex();
+            let parent_id = if k == 0 {
+                chain.base.to_hex()
+            } else {
+                chain.ids[k - 1].to_hex()
+            };
+            if self.snapshotter.atomic() {
+                self.runtime.checkpoint(&server).await?;
+                self.record_state(&id, Some(parent_id), step.summary.clone(), &data, started)
+                    .await?;
+            } else {
+                self.runtime.stop(&server).await?;
+                self.record_state(&id, Some(parent_id), step.summary.clone(), &data, started)
+                    .await?;
+                server = self
+                    .runtime
+                    .start(&data, &run, &Self::server_options())
+                    .await?;
+                record.server = Some(server.clone());
+            }
+            record.state_id = id;
+            self.index.put_instance(record)?;
+            let elapsed = started.elapsed().as_millis() as u64;
+            self.set_task(job, task, |t| {
+                t.status = RunStatus::Succeeded;
+                t.finished_at_ms = now_ms();
+            });
+            self.step_event(job, chain, k, "succeeded", elapsed);
+        }
+        let start_task = chain.steps.len() as u32 + 1;
+        self.set_task(job, start_task, |t| t.status = RunStatus::Running);
+        self.hand_out(record, &server).await?;
+        self.set_task(job, start_task, |t| {
+            t.status = RunStatus::Succeeded;
+            t.finished_at_ms = now_ms();
+        });
+        Ok(())
+    }
+
+    async fn run_step(
+        &self,
+        job: &LiveJob,
+        server: &ServerHandle,
+        step: &Step,
+        exec_root: &Path,
+        k: usize,
+    ) -> Result<(), Stop> {
+        let inv = {
+            let exec_root = exec_root.to_owned();
+            self.blobs
+                .materialize(&exec_root, step)
+                .map_err(|e| EngineError::InvalidRequest(e.to_string()))?
+        };
+        let result = self
+            .runtime
+            .run_psql(
+                server,
+                &inv.args,
+                &inv.cwd,
+                inv.stdin.as_deref(),
+                &job.cancel,
+            )
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(_) if job.cancel.is_cancelled() => Err(Stop::Cancelled),
+            Err(RuntimeError::Psql { stderr, exit_code }) => {
+                let located = blobs::parse_psql_error(exec_root, &stderr);
+                let fallback_file = step.user_file().map(|p| p.display().to_string());
+                let message = match &located {
+                    Some(l) => l.message.clone(),
+                    None => format!(
+                        "psql exited with code {exit_code}: {}",
+                        blobs::user_text(exec_root, stderr.trim())
+                    ),
+                };
+                Err(Stop::Failed(JobFailure {
+                    reason: "sql_error".into(),
+                    message,
+                    file: located.as_ref().map(|l| l.file.clone()).or(fallback_file),
+                    line: located.as_ref().map(|l| l.line),
+                    step: Some(k as u32 + 1),
+                }))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn clone_into_instance(&self, state: &str, inst: &str) -> Result<(), EngineError> {
+        let dir = self.store.instance_dir(inst);
+        std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o711))
+                .map_err(io_err(&dir))?;
+        }
+        self.snapshotter
+            .clone_writable(&self.store.state_path(state), &self.store.instance_data(inst))?;
+        Ok(())
+    }
+
+    /// Gives a running server its password and records it as an instance.
+    async fn hand_out(
+        &self,
+        record: &mut InstanceRecord,
+        server: &ServerHandle,
+    ) -> Result<(), Stop> {
+        let password = generate_password();
+        self.runtime.set_password(server, &password).await?;
+        record.dsn = self.runtime.dsn(server, &password);
+        record.password = password;
+        record.server = Some(server.clone());
+        record.status = InstanceStatus::Running;
+        self.index.put_instance(record)?;
+        self.index.touch_state(&record.state_id, now_ms())?;
+        Ok(())
+    }
+
+    /// A new instance of a cached state.
+    async fn start_instance(&self, state: &str, job_id: &str) -> Result<InstanceRecord, Stop> {
+        let mut record = InstanceRecord {
+            id: random_id(),
+            state_id: state.into(),
+            status: InstanceStatus::Building,
+            server: None,
+            password: String::new(),
+            dsn: String::new(),
+            created_at_ms: now_ms(),
+            job_id: job_id.into(),
+            runtime: self.runtime.info().kind.into(),
+        };
+        self.index.put_instance(&record)?;
+        let result = async {
+            self.clone_into_instance(state, &record.id)?;
+            let server = self
+                .runtime
+                .start(
+                    &self.store.instance_data(&record.id),
+                    &self.store.instance_run(&record.id),
+                    &Self::server_options(),
+                )
+                .await?;
+            record.server = Some(server.clone());
+            self.hand_out(&mut record, &server).await
+        }
+        .await;
+        match result {
+            Ok(()) => Ok(record),
+            Err(e) => {
+                self.discard_instance(&record).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Stops an instance's server and removes its files and record.
+    async fn discard_instance(&self, record: &InstanceRecord) {
+        if let Some(server) = &record.server
+            && self.runtime.is_running(server)
+            && let Err(e) = self.runtime.stop(server).await
+        {
+            tracing::warn!(instance = %record.id, "stopping the server failed: {e}");
+        }
+        let data = self.store.instance_data(&record.id);
+        if data.exists()
+            && let Err(e) = self.snapshotter.remove(&data)
+        {
+            tracing::warn!(instance = %record.id, "removing {} failed: {e}", data.display());
+        }
+        let _ = std::fs::remove_dir_all(self.store.instance_dir(&record.id));
+        let _ = self.index.delete_instance(&record.id);
+    }
+
+    /// Resolves a full id or a prefix of at least 8 characters.
+    pub fn resolve<'a>(
+        what: &'static str,
+        prefix: &str,
+        ids: impl IntoIterator<Item = &'a str>,
+    ) -> Result<String, EngineError> {
+        if prefix.len() < 8 || !prefix.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(EngineError::ShortPrefix(prefix.into()));
+        }
+        let prefix = prefix.to_ascii_lowercase();
+        let matches: Vec<String> = ids
+            .into_iter()
+            .filter(|id| id.starts_with(&prefix))
+            .map(str::to_owned)
+            .collect();
+        match matches.len() {
+            0 => Err(EngineError::NotFound {
+                what,
+                id: prefix.clone(),
+            }),
+            1 => Ok(matches.into_iter().next().expect("one match")),
+            _ => Err(EngineError::Ambiguous {
+                what,
+                prefix,
+                matches,
+            }),
+        }
+    }
+
+    pub fn instance(&self, prefix: &str) -> Result<InstanceRecord, EngineError> {
+        let all = self.index.instances()?;
+        let id = Self::resolve("instance", prefix, all.iter().map(|i| i.id.as_str()))?;
+        Ok(all
+            .into_iter()
+            .find(|i| i.id == id)
+            .expect("resolved id exists"))
+    }
+
+    pub async fn delete_instance(
+        &self,
+        prefix: &str,
+        force: bool,
+        dry_run: bool,
+    ) -> Result<Vec<Removal>, EngineError> {
+        let inst = self.instance(prefix)?;
+        let blocked = self.instance_blocker(&inst, force).await;
+        let removed = blocked.is_none() && !dry_run;
+        if removed {
+            self.discard_instance(&inst).await;
+        }
+        Ok(vec![Removal {
+            kind: "instance",
+            id: inst.id,
+            removed: blocked.is_none(),
+            blocked_reason: blocked,
+        }])
+    }
+
+    async fn instance_blocker(&self, inst: &InstanceRecord, force: bool) -> Option<String> {
+        if inst.status == InstanceStatus::Building {
+            return Some(format!(
+                "it is the build server of running job {}; cancel the job instead",
+                inst.job_id
+            ));
+        }
+        if force {
+            return None;
+        }
+        let server = inst.server.as_ref()?;
+        if !self.runtime.is_running(server) {
+            return None;
+        }
+        match self.runtime.connection_count(server).await {
+            Ok(0) | Err(_) => None,
+            Ok(n) => Some(format!(
+                "{n} open connection(s); close them or use --force"
+            )),
+        }
+    }
+
+    pub async fn delete_state(
+        &self,
+        prefix: &str,
+        recurse: bool,
+        force: bool,
+        dry_run: bool,
+    ) -> Result<Vec<Removal>, EngineError> {
+        let states = self.index.states()?;
+        let id = Self::resolve("state", prefix, states.iter().map(|s| s.id.as_str()))?;
+        // The state and every descendant, parents before children.
+        let mut children: HashMap<&str, Vec<&str>> = HashMap::new();
+        for s in &states {
+            if let Some(p) = &s.parent {
+                children.entry(p.as_str()).or_default().push(&s.id);
+            }
+        }
+        let mut order = vec![id.clone()];
+        let mut i = 0;
+        while i < order.len() {
+            if let Some(cs) = children.get(order[i].as_str()) {
+                order.extend(cs.iter().map(|c| c.to_string()));
+            }
+            i += 1;
+        }
+        let subtree: HashSet<&str> = order.iter().map(String::as_str).collect();
+        let instances: Vec<InstanceRecord> = self
+            .index
+            .instances()?
+            .into_iter()
+            .filter(|inst| subtree.contains(inst.state_id.as_str()))
+            .collect();
+        let descendants = order.len() - 1;
+        let blocked = if descendants > 0 && !recurse {
+            Some(format!(
+                "it has {descendants} descendant state(s); use --recurse to remove them too"
+            ))
+        } else if !instances.is_empty() && !force {
+            Some(format!(
+                "{} instance(s) use it or a descendant; use --force to remove them too",
+                instances.len()
+            ))
+        } else {
+            None
+        };
+        let mut out = Vec::new();
+        if let Some(reason) = blocked {
+            out.push(Removal {
+                kind: "state",
+                id,
+                removed: false,
+                blocked_reason: Some(reason),
+            });
+            return Ok(out);
+        }
+        for inst in &instances {
+            let blocker = self.instance_blocker(inst, force).await;
+            if blocker.is_some() {
+                out.push(Removal {
+                    kind: "instance",
+                    id: inst.id.clone(),
+                    removed: false,
+                    blocked_reason: blocker,
+                });
+                return Ok(out);
+            }
+        }
+        for inst in instances {
+            if !dry_run {
+                self.discard_instance(&inst).await;
+            }
+            out.push(Removal {
+                kind: "instance",
+                id: inst.id,
+                removed: true,
+                blocked_reason: None,
+            });
+        }
+        for sid in order.iter().rev() {
+            if !dry_run {
+                self.remove_state(sid)?;
+            }
+            out.push(Removal {
+                kind: "state",
+                id: sid.clone(),
+                removed: true,
+                blocked_reason: None,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Unindexes a state, then removes its directory.
+    fn remove_state(&self, id: &str) -> Result<(), EngineError> {
+        self.index.delete_state(id)?;
+        let path = self.store.state_path(id);
+        if path.exists() {
+            self.snapshotter.remove(&path)?;
+        }
+        Ok(())
+    }
+
+    pub fn delete_job(
+        &self,
+        prefix: &str,
+        force: bool,
+        dry_run: bool,
+    ) -> Result<Vec<Removal>, EngineError> {
+        let jobs = self.index.jobs()?;
+        let id = Self::resolve("job", prefix, jobs.iter().map(|j| j.id.as_str()))?;
+        let running = self.jobs.live(&id).is_some();
+        let blocked = (running && !force)
+            .then(|| "the job is running; cancel it first or use --force".to_string());
+        if blocked.is_none() && !dry_run {
+            if running {
+                self.jobs.cancel(&id);
+            } else {
+                self.index.delete_job(&id)?;
+            }
+        }
+        Ok(vec![Removal {
+            kind: "job",
+            id,
+            removed: blocked.is_none(),
+            blocked_reason: blocked,
+        }])
+    }
+
+    /// Brings the store and the index back in line after a (re)start:
+    /// half-made states and scratch folders go, states without a directory
+    /// are unindexed, unfinished jobs are marked failed, build servers are
+    /// discarded, and instances whose server died are started again.
+    pub async fn reconcile(&self) -> Result<(), EngineError> {
+        for dir in [self.store.root().join("exec"), self.store.work_dir()] {
+            if let Ok(entries) = std::fs::read_dir(&dir) {
+                for e in entries.flatten() {
+                    let _ = self.snapshotter.remove(&e.path());
+                }
+            }
+        }
+        let indexed: HashSet<String> = self.index.states()?.into_iter().map(|s| s.id).collect();
+        let states_dir = self.store.states_dir();
+        let mut on_disk = HashSet::new();
+        for e in std::fs::read_dir(&states_dir)
+            .map_err(io_err(&states_dir))?
+            .flatten()
+        {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if indexed.contains(&name) {
+                on_disk.insert(name);
+            } else {
+                tracing::info!("removing unindexed state directory {name}");
+                let _ = self.snapshotter.remove(&e.path());
+            }
+        }
+        for id in indexed.difference(&on_disk) {
+            tracing::warn!("state {id} has no directory; unindexing it");
+            self.index.delete_state(id)?;
+        }
+        let live_jobs: HashSet<String> = self.jobs.live_ids().into_iter().collect();
+        for mut j in self.index.jobs()? {
+            if !j.status.is_final() && !live_jobs.contains(&j.id) {
+                j.status = RunStatus::Failed;
+                j.finished_at_ms = now_ms();
+                j.error = Some(JobFailure {
+                    reason: "daemon_restarted".into(),
+                    message: "sqlrsd stopped while the job ran; prepare again".into(),
+                    file: None,
+                    line: None,
+                    step: None,
+                });
+                self.index.put_job(&j)?;
+            }
+        }
+        let mut known = HashSet::new();
+        for mut inst in self.index.instances()? {
+            let alive = inst
+                .server
+                .as_ref()
+                .is_some_and(|s| self.runtime.is_running(s));
+            let data = self.store.instance_data(&inst.id);
+            if inst.status == InstanceStatus::Building || !data.is_dir() {
+                self.discard_instance(&inst).await;
+                continue;
+            }
+            known.insert(inst.id.clone());
+            if alive {
+                continue;
+            }
+            match self
+                .runtime
+                .start(&data, &self.store.instance_run(&inst.id), &Self::server_options())
+                .await
+            {
+                Ok(server) => {
+                    self.runtime.set_password(&server, &inst.password).await?;
+                    inst.dsn = self.runtime.dsn(&server, &inst.password);
+                    inst.server = Some(server);
+                    inst.status = InstanceStatus::Running;
+                }
+                Err(e) => {
+                    tracing::warn!(instance = %inst.id, "cannot restart: {e}");
+                    inst.status = InstanceStatus::Stopped;
+                }
+            }
+            self.index.put_instance(&inst)?;
+        }
+        let inst_dir = self.store.instances_dir();
+        for e in std::fs::read_dir(&inst_dir)
+            .map_err(io_err(&inst_dir))?
+            .flatten()
+        {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if !known.contains(&name) {
+                let data = e.path().join("data");
+                if data.exists() {
+                    let _ = self.snapshotter.remove(&data);
+                }
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+        Ok(())
+    }
+
+    /// Bytes held by states (as recorded) and blobs.
+    pub fn store_bytes(&self) -> u64 {
+        let states: u64 = self
+            .index
+            .states()
+            .map(|v| v.iter().map(|s| s.size_bytes).sum())
+            .unwrap_or(0);
+        states + dir_size(&self.store.blobs_dir())
+    }
+}
+
+fn dir_size(path: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(path) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => dir_size(&e.path()),
+            Ok(_) => e.metadata().map(|m| m.len()).unwrap_or(0),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+fn plan_failure(e: &planner::PlanError) -> JobFailure {
+    let (file, line) = e
+        .location()
+        .map(|(f, l)| (Some(f.display().to_string()), Some(l)))
+        .unwrap_or((None, None));
+    JobFailure {
+        reason: "plan_error".into(),
+        message: e.to_string(),
+        file,
+        line,
+        step: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_resolution_table() {
+        let ids = ["aaaaaaaa11", "aaaaaaaa22", "bbbbbbbb33"];
+        let cases: &[(&str, Result<&str, &str>)] = &[
+            ("bbbbbbbb", Ok("bbbbbbbb33")),
+            ("BBBBBBBB3", Ok("bbbbbbbb33")),
+            ("aaaaaaaa", Err("ambiguous_id")),
+            ("aaaaaaaa2", Ok("aaaaaaaa22")),
+            ("cccccccc", Err("not_found")),
+            ("aaaa", Err("short_prefix")),
+            ("zzzzzzzz", Err("short_prefix")),
+        ];
+        for (prefix, want) in cases {
+            let got = Engine::resolve("state", prefix, ids);
+            match (got, want) {
+                (Ok(id), Ok(w)) => assert_eq!(id, *w, "{prefix}"),
+                (Err(e), Err(r)) => assert_eq!(e.reason(), *r, "{prefix}"),
+                (got, _) => panic!("{prefix}: {got:?}"),
+            }
+        }
+    }
+}

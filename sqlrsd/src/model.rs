@@ -1,0 +1,203 @@
+//! Domain records of the engine: states, instances, jobs, tasks and job
+//! events. Free of wire types; the gRPC boundary converts them.
+
+use serde::{Deserialize, Serialize};
+
+use crate::runtime::ServerHandle;
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// A random 128-bit id as 32 hex characters (instances and jobs).
+pub fn random_id() -> String {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).expect("the OS random source is available");
+    hex::encode(bytes)
+}
+
+/// An immutable data directory in the store.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StateRecord {
+    pub id: String,
+    /// None for a base state.
+    pub parent: Option<String>,
+    pub engine: String,
+    pub summary: String,
+    pub size_bytes: u64,
+    pub created_at_ms: u64,
+    pub last_used_at_ms: u64,
+    pub use_count: u64,
+    pub build_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum InstanceStatus {
+    /// A build server owned by a running job; not handed out yet.
+    Building,
+    Running,
+    Stopped,
+}
+
+impl InstanceStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Building => "building",
+            Self::Running => "running",
+            Self::Stopped => "stopped",
+        }
+    }
+}
+
+/// A writable clone of a state with (normally) a running server.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InstanceRecord {
+    pub id: String,
+    pub state_id: String,
+    pub status: InstanceStatus,
+    pub server: Option<ServerHandle>,
+    pub password: String,
+    pub dsn: String,
+    pub created_at_ms: u64,
+    pub job_id: String,
+    pub runtime: String,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl RunStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Running => "running",
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn is_final(self) -> bool {
+        matches!(self, Self::Succeeded | Self::Failed | Self::Cancelled)
+    }
+}
+
+/// Why a job failed, with the user's own file and line when there is one.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct JobFailure {
+    /// Stable machine-readable reason, e.g. `sql_error`, `plan_error`.
+    pub reason: String,
+    pub message: String,
+    pub file: Option<String>,
+    pub line: Option<u32>,
+    /// 1-based step index.
+    pub step: Option<u32>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskKind {
+    Plan,
+    Step,
+    Start,
+}
+
+impl TaskKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Plan => "plan",
+            Self::Step => "step",
+            Self::Start => "start",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TaskRecord {
+    pub index: u32,
+    pub kind: TaskKind,
+    pub summary: String,
+    pub status: RunStatus,
+    pub state_id: Option<String>,
+    pub cached: bool,
+    pub started_at_ms: u64,
+    pub finished_at_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobRecord {
+    pub id: String,
+    pub kind: String,
+    pub status: RunStatus,
+    pub created_at_ms: u64,
+    pub finished_at_ms: u64,
+    pub summary: String,
+    pub instance_id: Option<String>,
+    pub state_id: Option<String>,
+    pub error: Option<JobFailure>,
+    pub tasks: Vec<TaskRecord>,
+}
+
+/// One step of a plan as shown to users.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PlanStepView {
+    pub index: u32,
+    pub state_id: String,
+    pub summary: String,
+    pub cached: bool,
+    pub inputs: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PlanView {
+    pub base_id: String,
+    pub engine: String,
+    pub steps: Vec<PlanStepView>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StepProgress {
+    pub index: u32,
+    pub total: u32,
+    pub status: String,
+    pub state_id: String,
+    pub summary: String,
+    pub elapsed_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum EventKind {
+    Planned(PlanView),
+    Step(StepProgress),
+    Log(String),
+    Succeeded(InstanceRecord),
+    Failed(JobFailure),
+    Cancelled,
+}
+
+impl EventKind {
+    /// Whether no event follows this one.
+    pub fn is_final(&self) -> bool {
+        matches!(self, Self::Succeeded(_) | Self::Failed(_) | Self::Cancelled)
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobEvent {
+    pub job_id: String,
+    pub seq: u64,
+    pub at_ms: u64,
+    pub kind: EventKind,
+}

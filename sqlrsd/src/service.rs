@@ -1,0 +1,538 @@
+//! The gRPC boundary: authenticates calls, converts between wire types and
+//! domain records, and maps engine errors to statuses with a stable reason.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use sqlrs_proto::pb::{self, sqlrs_server::Sqlrs};
+use sqlrs_proto::{PROTOCOL_HEADER, PROTOCOL_VERSION, REASON_HEADER, TOKEN_HEADER};
+use tokio::sync::{broadcast, watch};
+use tokio_stream::Stream;
+use tonic::{Code, Request, Response, Status};
+
+use crate::engine::{Engine, EngineError, PrepareInput, Removal};
+use crate::model::{
+    EventKind, InstanceRecord, JobEvent, JobFailure, JobRecord, PlanView, StateRecord, TaskRecord,
+};
+
+/// What the daemon says about itself.
+#[derive(Debug, Clone)]
+pub struct DaemonInfo {
+    pub socket_path: String,
+    pub state_dir: String,
+    pub started_at_ms: u64,
+}
+
+pub struct Service {
+    engine: Arc<Engine>,
+    info: DaemonInfo,
+    token: String,
+    shutdown: watch::Sender<bool>,
+}
+
+impl Service {
+    pub fn new(
+        engine: Arc<Engine>,
+        info: DaemonInfo,
+        token: String,
+        shutdown: watch::Sender<bool>,
+    ) -> Self {
+        Self {
+            engine,
+            info,
+            token,
+            shutdown,
+        }
+    }
+
+    /// Every call but Health carries the token and this protocol version.
+    fn check<T>(&self, req: &Request<T>) -> Result<(), Status> {
+        let md = req.metadata();
+        let protocol = md.get(PROTOCOL_HEADER).and_then(|v| v.to_str().ok());
+        if protocol != Some(PROTOCOL_VERSION.to_string().as_str()) {
+            return Err(status(
+                Code::FailedPrecondition,
+                "protocol_mismatch",
+                format!(
+                    "client protocol {} does not match sqlrsd protocol {PROTOCOL_VERSION}; restart the daemon with `sqlrs daemon stop`",
+                    protocol.unwrap_or("(none)")
+                ),
+            ));
+        }
+        let expected = format!("Bearer {}", self.token);
+        match md.get(TOKEN_HEADER).and_then(|v| v.to_str().ok()) {
+            Some(t) if t == expected => Ok(()),
+            _ => Err(status(
+                Code::Unauthenticated,
+                "bad_token",
+                "missing or wrong token; clients read it from the daemon's token file".into(),
+            )),
+        }
+    }
+
+    fn health(&self) -> pb::HealthReply {
+        pb::HealthReply {
+            protocol_version: PROTOCOL_VERSION,
+            version: env!("CARGO_PKG_VERSION").into(),
+            pid: std::process::id(),
+            socket_path: self.info.socket_path.clone(),
+            started_at_ms: self.info.started_at_ms,
+            state_dir: self.info.state_dir.clone(),
+        }
+    }
+}
+
+fn status(code: Code, reason: &str, message: String) -> Status {
+    let mut s = Status::new(code, message);
+    if let Ok(v) = reason.parse() {
+        s.metadata_mut().insert(REASON_HEADER, v);
+    }
+    s
+}
+
+impl From<EngineError> for Status {
+    fn from(e: EngineError) -> Self {
+        let code = match &e {
+            EngineError::NotFound { .. } => Code::NotFound,
+            EngineError::Ambiguous { .. }
+            | EngineError::ShortPrefix(_)
+            | EngineError::InvalidRequest(_)
+            | EngineError::Plan(_) => Code::InvalidArgument,
+            _ => Code::Internal,
+        };
+        status(code, e.reason(), e.to_string())
+    }
+}
+
+fn prepare_input(r: pb::PrepareRequest) -> PrepareInput {
+    PrepareInput {
+        kind: r.kind,
+        args: r.args,
+        cwd: r.cwd.into(),
+        stdin: (!r.stdin.is_empty()).then_some(r.stdin),
+        alias_path: (!r.alias_path.is_empty()).then(|| r.alias_path.into()),
+    }
+}
+
+fn pb_plan(p: &PlanView) -> pb::PlanReply {
+    pb::PlanReply {
+        base_id: p.base_id.clone(),
+        engine: p.engine.clone(),
+        steps: p
+            .steps
+            .iter()
+            .map(|s| pb::PlanStep {
+                index: s.index,
+                state_id: s.state_id.clone(),
+                summary: s.summary.clone(),
+                cached: s.cached,
+                inputs: s.inputs.clone(),
+            })
+            .collect(),
+    }
+}
+
+fn pb_error(f: &JobFailure) -> pb::JobError {
+    pb::JobError {
+        reason: f.reason.clone(),
+        message: f.message.clone(),
+        file: f.file.clone().unwrap_or_default(),
+        line: f.line.unwrap_or(0),
+        step: f.step.unwrap_or(0),
+    }
+}
+
+fn pb_instance(i: &InstanceRecord, data_dir: String) -> pb::Instance {
+    pb::Instance {
+        id: i.id.clone(),
+        state_id: i.state_id.clone(),
+        dsn: i.dsn.clone(),
+        port: i.server.as_ref().map_or(0, |s| u32::from(s.port)),
+        created_at_ms: i.created_at_ms,
+        status: i.status.as_str().into(),
+        runtime: i.runtime.clone(),
+        pid: i.server.as_ref().map_or(0, |s| s.pid),
+        job_id: i.job_id.clone(),
+        data_dir,
+    }
+}
+
+fn pb_event(e: &JobEvent, engine: &Engine) -> pb::JobEvent {
+    use pb::job_event::Event;
+    let event = match &e.kind {
+        EventKind::Planned(p) => Event::Planned(pb::JobPlanned {
+            plan: Some(pb_plan(p)),
+        }),
+        EventKind::Step(s) => Event::Step(pb::StepEvent {
+            index: s.index,
+            total: s.total,
+            status: s.status.clone(),
+            state_id: s.state_id.clone(),
+            summary: s.summary.clone(),
+            elapsed_ms: s.elapsed_ms,
+        }),
+        EventKind::Log(text) => Event::Log(pb::LogLine { text: text.clone() }),
+        EventKind::Succeeded(i) => Event::Succeeded(pb::JobSucceeded {
+            instance: Some(pb_instance(
+                i,
+                engine.store.instance_data(&i.id).display().to_string(),
+            )),
+        }),
+        EventKind::Failed(f) => Event::Failed(pb_error(f)),
+        EventKind::Cancelled => Event::Cancelled(pb::JobCancelled {}),
+    };
+    pb::JobEvent {
+        job_id: e.job_id.clone(),
+        at_ms: e.at_ms,
+        event: Some(event),
+    }
+}
+
+fn pb_job(j: &JobRecord) -> pb::Job {
+    pb::Job {
+        id: j.id.clone(),
+        kind: j.kind.clone(),
+        status: j.status.as_str().into(),
+        created_at_ms: j.created_at_ms,
+        finished_at_ms: j.finished_at_ms,
+        summary: j.summary.clone(),
+        instance_id: j.instance_id.clone().unwrap_or_default(),
+        state_id: j.state_id.clone().unwrap_or_default(),
+        error: j.error.as_ref().map(pb_error),
+    }
+}
+
+fn pb_task(job: &str, t: &TaskRecord) -> pb::Task {
+    pb::Task {
+        job_id: job.into(),
+        index: t.index,
+        kind: t.kind.as_str().into(),
+        summary: t.summary.clone(),
+        status: t.status.as_str().into(),
+        state_id: t.state_id.clone().unwrap_or_default(),
+        cached: t.cached,
+        started_at_ms: t.started_at_ms,
+        finished_at_ms: t.finished_at_ms,
+    }
+}
+
+fn pb_state(s: &StateRecord, instance_count: u32) -> pb::State {
+    pb::State {
+        id: s.id.clone(),
+        parent_id: s.parent.clone().unwrap_or_default(),
+        engine: s.engine.clone(),
+        summary: s.summary.clone(),
+        size_bytes: s.size_bytes,
+        created_at_ms: s.created_at_ms,
+        last_used_at_ms: s.last_used_at_ms,
+        use_count: s.use_count,
+        build_ms: s.build_ms,
+        instance_count,
+    }
+}
+
+fn pb_removals(items: Vec<Removal>, dry_run: bool) -> pb::DeleteReply {
+    pb::DeleteReply {
+        items: items
+            .into_iter()
+            .map(|r| pb::DeletedItem {
+                kind: r.kind.into(),
+                id: r.id,
+                removed: r.removed,
+                blocked_reason: r.blocked_reason.unwrap_or_default(),
+            })
+            .collect(),
+        dry_run,
+    }
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<pb::JobEvent, Status>> + Send>>;
+
+/// Replays a job's stored events, then follows the live ones until the final
+/// event. Lagging followers catch up from the index.
+fn follow(engine: Arc<Engine>, job_id: String) -> Result<EventStream, Status> {
+    let (past, rx) = engine
+        .jobs
+        .follow(&job_id)
+        .map_err(|e| Status::from(EngineError::from(e)))?;
+    let (tx, out) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(async move {
+        let mut last = 0u64;
+        for e in &past {
+            last = e.seq;
+            if tx.send(Ok(pb_event(e, &engine))).await.is_err() {
+                return;
+            }
+            if e.kind.is_final() {
+                return;
+            }
+        }
+        let Some(mut rx) = rx else { return };
+        loop {
+            let e = match rx.recv().await {
+                Ok(e) => e,
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    let Ok(stored) = engine.index.events(&job_id) else {
+                        return;
+                    };
+                    match stored.into_iter().find(|e| e.seq > last) {
+                        Some(e) => e,
+                        None => continue,
+                    }
+                }
+                Err(broadcast::error::RecvError::Closed) => return,
+            };
+            if e.seq <= last {
+                continue;
+            }
+            last = e.seq;
+            let done = e.kind.is_final();
+            if tx.send(Ok(pb_event(&e, &engine))).await.is_err() || done {
+                return;
+            }
+        }
+    });
+    Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(out)))
+}
+
+#[tonic::async_trait]
+impl Sqlrs for Service {
+    async fn health(
+        &self,
+        _: Request<pb::HealthRequest>,
+    ) -> Result<Response<pb::HealthReply>, Status> {
+        Ok(Response::new(self.health()))
+    }
+
+    async fn status(
+        &self,
+        req: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusReply>, Status> {
+        self.check(&req)?;
+        let e = &self.engine;
+        let info = e.runtime.info();
+        let ix = |r: Result<usize, crate::index::IndexError>| {
+            r.map(|n| n as u64)
+                .map_err(|e| Status::from(EngineError::from(e)))
+        };
+        Ok(Response::new(pb::StatusReply {
+            daemon: Some(self.health()),
+            runtime: info.kind.into(),
+            engine: info.detail,
+            snapshotter: e.snapshotter.kind().to_string(),
+            snapshotter_reason: e.snapshotter_reason.clone(),
+            store_path: e.store.root().display().to_string(),
+            store_bytes: e.store_bytes(),
+            state_count: ix(e.index.states().map(|v| v.len()))?,
+            instance_count: ix(e.index.instances().map(|v| v.len()))?,
+            job_count: ix(e.index.jobs().map(|v| v.len()))?,
+            server_user: info.server_user,
+        }))
+    }
+
+    type PrepareStream = EventStream;
+
+    async fn prepare(
+        &self,
+        req: Request<pb::PrepareRequest>,
+    ) -> Result<Response<Self::PrepareStream>, Status> {
+        self.check(&req)?;
+        let input = prepare_input(req.into_inner());
+        let job = self
+            .engine
+            .jobs
+            .create("prepare", input.args.join(" "))
+            .map_err(|e| Status::from(EngineError::from(e)))?;
+        // Follow before the job starts so no event is missed.
+        let stream = follow(self.engine.clone(), job.id.clone())?;
+        tokio::spawn(self.engine.clone().run_prepare(job, input));
+        Ok(Response::new(stream))
+    }
+
+    async fn plan(
+        &self,
+        req: Request<pb::PrepareRequest>,
+    ) -> Result<Response<pb::PlanReply>, Status> {
+        self.check(&req)?;
+        let plan = self.engine.plan(prepare_input(req.into_inner())).await?;
+        Ok(Response::new(pb_plan(&plan)))
+    }
+
+    type WatchJobStream = EventStream;
+
+    async fn watch_job(
+        &self,
+        req: Request<pb::JobRef>,
+    ) -> Result<Response<Self::WatchJobStream>, Status> {
+        self.check(&req)?;
+        let id = self.resolve_job(&req.into_inner().job_id)?;
+        Ok(Response::new(follow(self.engine.clone(), id)?))
+    }
+
+    async fn cancel_job(
+        &self,
+        req: Request<pb::JobRef>,
+    ) -> Result<Response<pb::CancelJobReply>, Status> {
+        self.check(&req)?;
+        let id = self.resolve_job(&req.into_inner().job_id)?;
+        let cancelled = self.engine.jobs.cancel(&id);
+        let job = self
+            .engine
+            .index
+            .job(&id)
+            .map_err(|e| Status::from(EngineError::from(e)))?;
+        Ok(Response::new(pb::CancelJobReply {
+            cancelled,
+            status: job.map(|j| j.status.as_str().to_string()).unwrap_or_default(),
+        }))
+    }
+
+    async fn list_jobs(
+        &self,
+        req: Request<pb::ListJobsRequest>,
+    ) -> Result<Response<pb::ListJobsReply>, Status> {
+        self.check(&req)?;
+        let mut jobs = self
+            .engine
+            .index
+            .jobs()
+            .map_err(|e| Status::from(EngineError::from(e)))?;
+        jobs.sort_by_key(|j| j.created_at_ms);
+        Ok(Response::new(pb::ListJobsReply {
+            jobs: jobs.iter().map(pb_job).collect(),
+        }))
+    }
+
+    async fn list_tasks(
+        &self,
+        req: Request<pb::ListTasksRequest>,
+    ) -> Result<Response<pb::ListTasksReply>, Status> {
+        self.check(&req)?;
+        let wanted = req.into_inner().job_id;
+        let mut jobs = self
+            .engine
+            .index
+            .jobs()
+            .map_err(|e| Status::from(EngineError::from(e)))?;
+        if !wanted.is_empty() {
+            let id = self.resolve_job(&wanted)?;
+            jobs.retain(|j| j.id == id);
+        }
+        jobs.sort_by_key(|j| j.created_at_ms);
+        let tasks = jobs
+            .iter()
+            .flat_map(|j| j.tasks.iter().map(|t| pb_task(&j.id, t)))
+            .collect();
+        Ok(Response::new(pb::ListTasksReply { tasks }))
+    }
+
+    async fn delete_job(
+        &self,
+        req: Request<pb::DeleteRequest>,
+    ) -> Result<Response<pb::DeleteReply>, Status> {
+        self.check(&req)?;
+        let r = req.into_inner();
+        let items = self.engine.delete_job(&r.id, r.force, r.dry_run)?;
+        Ok(Response::new(pb_removals(items, r.dry_run)))
+    }
+
+    async fn list_states(
+        &self,
+        req: Request<pb::ListStatesRequest>,
+    ) -> Result<Response<pb::ListStatesReply>, Status> {
+        self.check(&req)?;
+        let e = &self.engine;
+        let err = |x| Status::from(EngineError::from(x));
+        let mut states = e.index.states().map_err(err)?;
+        let instances = e.index.instances().map_err(err)?;
+        states.sort_by_key(|s| s.created_at_ms);
+        Ok(Response::new(pb::ListStatesReply {
+            states: states
+                .iter()
+                .map(|s| {
+                    let n = instances.iter().filter(|i| i.state_id == s.id).count();
+                    pb_state(s, n as u32)
+                })
+                .collect(),
+        }))
+    }
+
+    async fn delete_state(
+        &self,
+        req: Request<pb::DeleteRequest>,
+    ) -> Result<Response<pb::DeleteReply>, Status> {
+        self.check(&req)?;
+        let r = req.into_inner();
+        let items = self
+            .engine
+            .delete_state(&r.id, r.recurse, r.force, r.dry_run)
+            .await?;
+        Ok(Response::new(pb_removals(items, r.dry_run)))
+    }
+
+    async fn list_instances(
+        &self,
+        req: Request<pb::ListInstancesRequest>,
+    ) -> Result<Response<pb::ListInstancesReply>, Status> {
+        self.check(&req)?;
+        let e = &self.engine;
+        let mut instances = e
+            .index
+            .instances()
+            .map_err(|x| Status::from(EngineError::from(x)))?;
+        instances.sort_by_key(|i| i.created_at_ms);
+        Ok(Response::new(pb::ListInstancesReply {
+            instances: instances
+                .iter()
+                .map(|i| pb_instance(i, e.store.instance_data(&i.id).display().to_string()))
+                .collect(),
+        }))
+    }
+
+    async fn get_instance(
+        &self,
+        req: Request<pb::InstanceRef>,
+    ) -> Result<Response<pb::Instance>, Status> {
+        self.check(&req)?;
+        let i = self.engine.instance(&req.into_inner().id)?;
+        let data = self.engine.store.instance_data(&i.id).display().to_string();
+        Ok(Response::new(pb_instance(&i, data)))
+    }
+
+    async fn delete_instance(
+        &self,
+        req: Request<pb::DeleteRequest>,
+    ) -> Result<Response<pb::DeleteReply>, Status> {
+        self.check(&req)?;
+        let r = req.into_inner();
+        let items = self
+            .engine
+            .delete_instance(&r.id, r.force, r.dry_run)
+            .await?;
+        Ok(Response::new(pb_removals(items, r.dry_run)))
+    }
+
+    async fn shutdown(
+        &self,
+        req: Request<pb::ShutdownRequest>,
+    ) -> Result<Response<pb::ShutdownReply>, Status> {
+        self.check(&req)?;
+        let _ = self.shutdown.send(true);
+        Ok(Response::new(pb::ShutdownReply {}))
+    }
+}
+
+impl Service {
+    fn resolve_job(&self, prefix: &str) -> Result<String, Status> {
+        let jobs = self
+            .engine
+            .index
+            .jobs()
+            .map_err(|e| Status::from(EngineError::from(e)))?;
+        Ok(Engine::resolve(
+            "job",
+            prefix,
+            jobs.iter().map(|j| j.id.as_str()),
+        )?)
+    }
+}

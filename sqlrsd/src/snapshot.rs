@@ -1,1 +1,0 @@
-//! Placeholder while this component is written.
