@@ -34,7 +34,7 @@ case "${1:-}" in
 -h | --help) usage ;;
 esac
 [ $# -eq 1 ] || usage
-DIR="$1"
+DIR="$(realpath -m "$1")"
 
 if [ "$(id -u)" -ne 0 ]; then
     echo "btrfs-image: must run as root (it loop-mounts filesystems); try: sudo $0 $*" >&2
@@ -70,7 +70,6 @@ ensure_tool mkfs.btrfs btrfs-progs
 ensure_tool mkfs.xfs xfsprogs
 
 mkdir -p "$DIR"
-DIR="$(cd "$DIR" && pwd)"
 
 # setup FS IMAGE MOUNTPOINT MKFS...: make IMAGE (once), format it, mount it.
 setup() {
