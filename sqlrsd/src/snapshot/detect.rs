@@ -22,10 +22,17 @@ pub fn detect(store: &Path, choice: BackendChoice) -> Result<Detected, SnapshotE
     let shown = store.display();
     match choice {
         BackendChoice::Fixed(backend) => {
-            probe(store, backend).map_err(|why| SnapshotError::BackendUnavailable {
+            if backend == Backend::Btrfs && f_type != magic::BTRFS {
+                return Err(SnapshotError::BackendUnavailable {
+                    store: store.to_path_buf(),
+                    backend,
+                    why: format!("it is on {fs_name}, not btrfs"),
+                });
+            }
+            probe(store, backend).map_err(|failure| SnapshotError::BackendUnavailable {
                 store: store.to_path_buf(),
                 backend,
-                why,
+                why: failure.describe(&fs_name),
             })?;
             let what = match backend {
                 Backend::Btrfs => "subvolume snapshots work",
@@ -47,7 +54,7 @@ pub fn detect(store: &Path, choice: BackendChoice) -> Result<Detected, SnapshotE
                             format!("btrfs: {shown} is on btrfs and subvolume snapshots work"),
                         ));
                     }
-                    Err(why) => btrfs_failure = Some(why),
+                    Err(failure) => btrfs_failure = Some(failure.describe(&fs_name)),
                 }
             }
             let reflink_failure = match probe(store, Backend::Reflink) {
@@ -66,17 +73,19 @@ pub fn detect(store: &Path, choice: BackendChoice) -> Result<Detected, SnapshotE
                 }
                 Err(why) => why,
             };
-            probe(store, Backend::Copy).map_err(|why| SnapshotError::BackendUnavailable {
+            probe(store, Backend::Copy).map_err(|failure| SnapshotError::BackendUnavailable {
                 store: store.to_path_buf(),
                 backend: Backend::Copy,
-                why,
+                why: failure.describe(&fs_name),
             })?;
+            let no_reflink = if reflink_failure.unsupported {
+                "no reflink".to_string()
+            } else {
+                format!("no reflink: {}", reflink_failure.describe(&fs_name))
+            };
             Ok(detected(
                 Backend::Copy,
-                format!(
-                    "copy: {shown} is on {fs_name} (no reflink: {reflink_failure}); copies are \
-                     O(size)"
-                ),
+                format!("copy: {shown} is on {fs_name} ({no_reflink}); copies are O(size)"),
             ))
         }
     }
@@ -104,8 +113,26 @@ fn probe_path(store: &Path, what: &str) -> PathBuf {
     store.join(format!(".sqlrs-probe-{what}-{}-{n}", std::process::id()))
 }
 
-/// Tries `backend` on `store` for real and cleans up; the error says what failed.
-fn probe(store: &Path, backend: Backend) -> Result<(), String> {
+/// Why a backend did not work on a store.
+struct ProbeFailure {
+    /// The filesystem lacks the feature (as opposed to, say, a permission problem).
+    unsupported: bool,
+    error: SnapshotError,
+}
+
+impl ProbeFailure {
+    /// One short clause for a status line or an error message.
+    fn describe(&self, fs_name: &str) -> String {
+        match &self.error {
+            _ if self.unsupported => format!("{fs_name} does not support it"),
+            SnapshotError::Io { op, error, .. } => format!("{op} failed: {error}"),
+            other => other.to_string(),
+        }
+    }
+}
+
+/// Tries `backend` on `store` for real and cleans up.
+fn probe(store: &Path, backend: Backend) -> Result<(), ProbeFailure> {
     let snapshotter = snapshotter(backend);
     let src = probe_path(store, "src");
     let dst = probe_path(store, "dst");
@@ -132,7 +159,16 @@ fn probe(store: &Path, backend: Backend) -> Result<(), String> {
         .find_map(Result::err);
     match (result, cleanup) {
         (Ok(()), None) => Ok(()),
-        (Err(e), _) | (Ok(()), Some(e)) => Err(short_reason(e)),
+        (Err(error), _) | (Ok(()), Some(error)) => Err(ProbeFailure {
+            unsupported: matches!(
+                &error,
+                SnapshotError::Io { error, .. } if matches!(
+                    error.raw_os_error(),
+                    Some(libc::EOPNOTSUPP | libc::ENOTTY | libc::EINVAL | libc::EXDEV)
+                )
+            ),
+            error,
+        }),
     }
 }
 
@@ -144,12 +180,4 @@ fn write_probe_file(path: &Path) -> Result<(), SnapshotError> {
         .map_err(io_err("create", path))?;
     file.write_all(b"sqlrs snapshot backend probe\n")
         .map_err(io_err("write", path))
-}
-
-/// The operating system's words for a probe failure, which fit in a status line.
-fn short_reason(e: SnapshotError) -> String {
-    match e {
-        SnapshotError::Io { op, error, .. } => format!("{op} failed: {error}"),
-        other => other.to_string(),
-    }
 }

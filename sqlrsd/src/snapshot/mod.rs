@@ -77,6 +77,15 @@ impl Backend {
             Backend::Copy => "copy",
         }
     }
+
+    /// What to do when this backend does not work on a store.
+    fn fix(self) -> &'static str {
+        match self {
+            Backend::Btrfs => "move the store onto a btrfs filesystem",
+            Backend::Reflink => "move the store onto XFS (made with reflink=1) or btrfs",
+            Backend::Copy => "make the store directory writable by the daemon's account",
+        }
+    }
 }
 
 impl fmt::Display for Backend {
@@ -139,8 +148,8 @@ pub enum SnapshotError {
     UnsupportedFileType { path: PathBuf, kind: &'static str },
     #[error(
         "the {backend} snapshot backend does not work on the state store {store}: {why}; set \
-         snapshot.backend to auto (or copy) in the sqlrs config, or move the store to a filesystem \
-         that supports {backend}"
+         snapshot.backend to auto in the sqlrs config, or {fix}",
+        fix = backend.fix()
     )]
     BackendUnavailable {
         store: PathBuf,

@@ -575,9 +575,8 @@ fn detect_on_the_default_filesystem() {
             (Auto, Expect::Chosen(Backend::Copy, "copy: {store} is on ")),
             (
                 Auto,
-                Expect::Chosen(Backend::Copy, "(no reflink: reflink failed: "),
+                Expect::Chosen(Backend::Copy, " (no reflink); copies are O(size)"),
             ),
-            (Auto, Expect::Chosen(Backend::Copy, "copies are O(size)")),
             (
                 Fixed(Backend::Copy),
                 Expect::Chosen(Backend::Copy, "copy: set in the config"),
@@ -585,13 +584,28 @@ fn detect_on_the_default_filesystem() {
             (
                 Fixed(Backend::Btrfs),
                 Expect::Refused(
-                    "the btrfs snapshot backend does not work on the state store {store}",
+                    "the btrfs snapshot backend does not work on the state store {store}: it is \
+                     on ",
+                ),
+            ),
+            (
+                Fixed(Backend::Btrfs),
+                Expect::Refused(
+                    ", not btrfs; set snapshot.backend to auto in the sqlrs config, or move the \
+                     store onto a btrfs filesystem",
                 ),
             ),
             (
                 Fixed(Backend::Reflink),
                 Expect::Refused(
-                    "the reflink snapshot backend does not work on the state store {store}: reflink failed",
+                    "the reflink snapshot backend does not work on the state store {store}: ",
+                ),
+            ),
+            (
+                Fixed(Backend::Reflink),
+                Expect::Refused(
+                    " does not support it; set snapshot.backend to auto in the sqlrs config, or \
+                     move the store onto XFS (made with reflink=1) or btrfs",
                 ),
             ),
         ],
