@@ -1,0 +1,291 @@
+//! Runtimes (DESIGN §4): how sqlrs creates, starts, stops and talks to
+//! PostgreSQL servers. The engine sees only the narrow [`Runtime`] trait; the
+//! native implementation drives the host's PostgreSQL binaries.
+
+mod native;
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use crate::ids::EngineIdentity;
+
+pub use native::{NativeConfig, NativeRuntime};
+
+/// What a runtime is, for `sqlrs status`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuntimeInfo {
+    /// "native" or "docker".
+    pub kind: &'static str,
+    /// e.g. "PostgreSQL 15.18 (/usr/lib/postgresql/15/bin)".
+    pub detail: String,
+    /// The operating-system account the servers run as.
+    pub server_user: String,
+}
+
+/// A running server, as the daemon records it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerHandle {
+    /// The postmaster's process id.
+    pub pid: u32,
+    /// TCP port on 127.0.0.1 (also the Unix socket's port number).
+    pub port: u16,
+    /// Private folder holding the Unix socket and the server log.
+    pub socket_dir: PathBuf,
+    /// The data directory the server runs on.
+    pub data_dir: PathBuf,
+}
+
+/// How a server is started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerOptions {
+    /// `false` runs with `fsync=off` and `synchronous_commit=off`: states are
+    /// synced by the store before they are recorded, so build and instance
+    /// servers need not pay for durability.
+    pub durable: bool,
+}
+
+/// What psql printed when it succeeded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PsqlOutput {
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// The operations sqlrs needs from a PostgreSQL runtime.
+#[async_trait]
+pub trait Runtime: Send + Sync {
+    fn info(&self) -> RuntimeInfo;
+
+    /// The PostgreSQL build and the initdb options of its base cluster.
+    fn engine(&self) -> EngineIdentity;
+
+    /// Makes `dir` (an existing directory) usable by the server account.
+    fn adopt_dir(&self, dir: &Path) -> Result<(), RuntimeError>;
+
+    /// Creates the base cluster in the existing empty directory `data_dir`.
+    async fn init_base(&self, data_dir: &Path) -> Result<(), RuntimeError>;
+
+    /// Starts a server on the writable data directory `data_dir`, with its
+    /// socket and log in `run_dir`, and waits until it accepts connections.
+    async fn start(
+        &self,
+        data_dir: &Path,
+        run_dir: &Path,
+        opts: &ServerOptions,
+    ) -> Result<ServerHandle, RuntimeError>;
+
+    /// Fast shutdown; returns once the postmaster is gone.
+    async fn stop(&self, server: &ServerHandle) -> Result<(), RuntimeError>;
+
+    /// Whether the server's postmaster is alive and still owns its data directory.
+    fn is_running(&self, server: &ServerHandle) -> bool;
+
+    async fn checkpoint(&self, server: &ServerHandle) -> Result<(), RuntimeError>;
+
+    /// Sets the password of the superuser `postgres`.
+    async fn set_password(&self, server: &ServerHandle, password: &str)
+    -> Result<(), RuntimeError>;
+
+    /// Client connections open on the server, not counting the one asking.
+    async fn connection_count(&self, server: &ServerHandle) -> Result<u32, RuntimeError>;
+
+    /// Runs psql as superuser `postgres` over the server's Unix socket with
+    /// `args` (which already hold `-X -v ON_ERROR_STOP=1`), in `cwd`, reading
+    /// `stdin` or nothing. Cancelling `cancel` interrupts psql.
+    async fn run_psql(
+        &self,
+        server: &ServerHandle,
+        args: &[String],
+        cwd: &Path,
+        stdin: Option<&Path>,
+        cancel: &CancellationToken,
+    ) -> Result<PsqlOutput, RuntimeError>;
+
+    /// The connection string handed to users.
+    fn dsn(&self, server: &ServerHandle, password: &str) -> String;
+}
+
+/// Everything that can go wrong while running PostgreSQL.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error(
+        "no PostgreSQL server binaries found (looked in: {searched}): install postgresql \
+         (Debian: apt-get install postgresql) or set runtime.native.bin_dir"
+    )]
+    NoBinaries { searched: String },
+
+    #[error(
+        "runtime.native.bin_dir {} has no `{binary}`: point it at the folder holding initdb \
+         and postgres (e.g. /usr/lib/postgresql/15/bin)",
+        dir.display()
+    )]
+    BinDirIncomplete { dir: PathBuf, binary: &'static str },
+
+    #[error(
+        "no psql found in {} or on PATH: install the PostgreSQL client \
+         (Debian: apt-get install postgresql-client)",
+        bin_dir.display()
+    )]
+    NoPsql { bin_dir: PathBuf },
+
+    #[error(
+        "cannot read the PostgreSQL version from `{} --version` (it printed {output:?}): \
+         reinstall PostgreSQL or set runtime.native.bin_dir to a working installation",
+        binary.display()
+    )]
+    Version { binary: PathBuf, output: String },
+
+    #[error(
+        "sqlrsd runs as root and PostgreSQL refuses to run as root, but the server account \
+         `{user}` does not exist: create it (useradd --system --user-group {user}) or set \
+         runtime.native.server_user to an unprivileged account"
+    )]
+    NoServerUser { user: String },
+
+    #[error(
+        "runtime.native.server_user `{user}` is root, and PostgreSQL refuses to run as root: \
+         set it to an unprivileged account"
+    )]
+    ServerUserIsRoot { user: String },
+
+    #[error(
+        "{} cannot be entered by the server account `{user}`, so PostgreSQL cannot reach its \
+         data: allow it (chmod o+x {}) or keep the sqlrs state store elsewhere (not under /root)",
+        dir.display(),
+        dir.display()
+    )]
+    NotTraversable { dir: PathBuf, user: String },
+
+    #[error("cannot {action} {}: {source}", path.display())]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+
+    #[error("{} is not an empty directory: initdb needs an empty one", dir.display())]
+    NotEmpty { dir: PathBuf },
+
+    #[error("initdb failed on {} ({status}):\n{output}", data_dir.display())]
+    Initdb {
+        data_dir: PathBuf,
+        status: String,
+        output: String,
+    },
+
+    #[error(
+        "{} is not a PostgreSQL data directory (no PG_VERSION): the state is damaged; remove it",
+        data_dir.display()
+    )]
+    NotADataDir { data_dir: PathBuf },
+
+    #[error(
+        "a server (pid {pid}) is already running on {}: stop it first",
+        data_dir.display()
+    )]
+    AlreadyRunning { data_dir: PathBuf, pid: u32 },
+
+    #[error(
+        "cannot put the server socket in {}: {reason}; use a shorter state directory path",
+        dir.display()
+    )]
+    SocketDir { dir: PathBuf, reason: &'static str },
+
+    #[error(
+        "PostgreSQL did not start on {}: {reason} (log {}):\n{tail}",
+        data_dir.display(),
+        log.display()
+    )]
+    StartFailed {
+        data_dir: PathBuf,
+        reason: String,
+        log: PathBuf,
+        tail: String,
+    },
+
+    #[error(
+        "PostgreSQL (pid {pid}) on {} did not exit even after SIGKILL: check `ps -p {pid}`",
+        data_dir.display()
+    )]
+    StopFailed { data_dir: PathBuf, pid: u32 },
+
+    #[error("{action} on the server at {} failed: {source}", socket_dir.display())]
+    Sql {
+        action: &'static str,
+        socket_dir: PathBuf,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+
+    #[error("psql exited with code {exit_code}: {stderr}")]
+    Psql { exit_code: i32, stderr: String },
+
+    #[error("psql was cancelled")]
+    Cancelled,
+}
+
+/// A fresh random password of 32 URL-safe characters (192 bits).
+pub fn generate_password() -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).expect("the operating system's random source is unavailable");
+    bytes
+        .iter()
+        .map(|b| ALPHABET[usize::from(b & 63)] as char)
+        .collect()
+}
+
+/// `postgres://postgres:PASSWORD@127.0.0.1:PORT/postgres`, the password
+/// percent-encoded where URLs require it.
+pub(crate) fn loopback_dsn(port: u16, password: &str) -> String {
+    let mut encoded = String::with_capacity(password.len());
+    for b in password.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            encoded.push(b as char);
+        } else {
+            encoded.push_str(&format!("%{b:02X}"));
+        }
+    }
+    format!("postgres://postgres:{encoded}@127.0.0.1:{port}/postgres")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_long_url_safe_and_distinct() {
+        let a = generate_password();
+        let b = generate_password();
+        assert!(a.len() >= 24, "{a}");
+        assert!(
+            a.bytes()
+                .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_'),
+            "{a}"
+        );
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn dsn_encodes_the_password() {
+        let cases = [
+            (
+                "abc-_XYZ09",
+                "postgres://postgres:abc-_XYZ09@127.0.0.1:5432/postgres",
+            ),
+            (
+                "a b@c/d:e",
+                "postgres://postgres:a%20b%40c%2Fd%3Ae@127.0.0.1:5432/postgres",
+            ),
+            ("%", "postgres://postgres:%25@127.0.0.1:5432/postgres"),
+        ];
+        for (password, want) in cases {
+            assert_eq!(loopback_dsn(5432, password), want, "{password}");
+        }
+    }
+}
