@@ -67,6 +67,19 @@ pub struct PsqlErrorLocation {
     pub message: String,
 }
 
+impl PsqlErrorLocation {
+    /// psql names a file opened by a relative `\i` relative to its working
+    /// directory; this makes such a name absolute against the step's `cwd`
+    /// (names in `<…>`, like `<stdin>`, stay as they are).
+    pub fn resolved_in(mut self, cwd: &Path) -> Self {
+        if !self.file.starts_with('/') && !self.file.starts_with('<') {
+            let absolute = mirror_path(Path::new("/"), &cwd.join(&self.file));
+            self.file = absolute.to_string_lossy().into_owned();
+        }
+        self
+    }
+}
+
 impl BlobStore {
     /// Opens (creating it if needed) the store rooted at `root` (`<store>/blobs`).
     pub fn open(root: &Path) -> Result<Self, BlobError> {
@@ -675,6 +688,25 @@ mod tests {
                 message: message.into(),
             });
             assert_eq!(got, want, "{stderr}");
+        }
+    }
+
+    #[test]
+    fn relative_error_files_resolve_in_the_step_cwd() {
+        let cwd = Path::new("/home/u/proj");
+        let cases = [
+            ("sql/lib/err.sql", "/home/u/proj/sql/lib/err.sql"),
+            ("../other/x.sql", "/home/u/other/x.sql"),
+            ("/abs/x.sql", "/abs/x.sql"),
+            ("<stdin>", "<stdin>"),
+        ];
+        for (reported, want) in cases {
+            let stderr = format!("psql:{reported}:2: ERROR:  relation \"nope\" does not exist\n");
+            let located = parse_psql_error(Path::new("/x/exec"), &stderr)
+                .unwrap()
+                .resolved_in(cwd);
+            assert_eq!(located.file, want, "{reported}");
+            assert_eq!(located.line, 2);
         }
     }
 }
