@@ -16,9 +16,10 @@ use serde_json::Value;
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(600);
 /// How long a psql query may take.
 const PSQL_TIMEOUT: Duration = Duration::from_secs(120);
-/// `statfs` magic of btrfs and XFS.
-const BTRFS_MAGIC: i64 = 0x9123_683E;
-const XFS_MAGIC: i64 = 0x5846_5342;
+/// A filesystem type as `statfs` reports it.
+pub type FsMagic = libc::__fsword_t;
+pub const BTRFS_MAGIC: FsMagic = libc::BTRFS_SUPER_MAGIC;
+pub const XFS_MAGIC: FsMagic = libc::XFS_SUPER_MAGIC;
 /// The inode number of every btrfs subvolume root.
 const BTRFS_SUBVOLUME_INO: u64 = 256;
 
@@ -80,6 +81,16 @@ impl Backend {
         }
     }
 
+    /// What the daemon should pick for a store in `dir` when no backend is
+    /// configured: the cheapest clone the filesystem offers.
+    pub fn detected_for(dir: &Path) -> Backend {
+        match filesystem_magic(dir) {
+            Some(BTRFS_MAGIC) => Backend::Btrfs,
+            Some(XFS_MAGIC) => Backend::Reflink,
+            _ => Backend::Copy,
+        }
+    }
+
     /// Where this backend's sandboxes are created, checked to be on the right
     /// filesystem.
     pub fn base_dir(self) -> Result<PathBuf, SetupError> {
@@ -106,7 +117,7 @@ impl Backend {
 pub fn mounted_dir(
     var: &'static str,
     fs: &'static str,
-    magic: i64,
+    magic: FsMagic,
     value: Option<OsString>,
 ) -> Result<PathBuf, SetupError> {
     let path = value
@@ -120,14 +131,14 @@ pub fn mounted_dir(
 }
 
 /// The `statfs` type of the filesystem holding `path`, if it exists.
-pub fn filesystem_magic(path: &Path) -> Option<i64> {
+pub fn filesystem_magic(path: &Path) -> Option<FsMagic> {
     use std::os::unix::ffi::OsStrExt;
     let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
     let mut st = std::mem::MaybeUninit::<libc::statfs>::uninit();
     // SAFETY: `c` is a valid NUL-terminated path and `st` is writable memory of the right size.
     let rc = unsafe { libc::statfs(c.as_ptr(), st.as_mut_ptr()) };
     // SAFETY: statfs returned 0, so it filled `st`.
-    (rc == 0).then(|| unsafe { st.assume_init() }.f_type as i64)
+    (rc == 0).then(|| unsafe { st.assume_init() }.f_type)
 }
 
 /// The `sqlrs` and `sqlrsd` binaries of this build.
@@ -221,6 +232,17 @@ pub fn psql_bin() -> Result<PathBuf, SetupError> {
         .map(|(_, p)| p)
         .ok_or(SetupError::MissingPsql)
 }
+
+/// The two-step project most scenarios use: `schema.sql` records when it ran
+/// (so a re-run is visible) and creates `item`; `seed.sql` fills `item`.
+pub const SCHEMA_SQL: &str = "create table stamp(at timestamptz not null);\n\
+    insert into stamp select clock_timestamp();\n\
+    create table item(v int not null);\n";
+pub const SEED_SQL: &str = "insert into item values (1), (2);\n";
+/// The psql arguments of that project.
+pub const CHAIN: [&str; 4] = ["-f", "schema.sql", "-f", "seed.sql"];
+/// What reads the time `schema.sql` ran.
+pub const STAMP_QUERY: &str = "select at from stamp";
 
 /// What a finished command printed and how it exited.
 #[derive(Debug, Clone)]
@@ -325,6 +347,17 @@ pub fn json_list(v: &Value, key: &str) -> Vec<Value> {
 /// A string field of a listed object, or the empty string.
 pub fn field<'a>(v: &'a Value, key: &str) -> &'a str {
     v.get(key).and_then(Value::as_str).unwrap_or("")
+}
+
+/// `dsn` pointing at database `db` instead of its own.
+pub fn with_database(dsn: &str, db: &str) -> String {
+    let (scheme, rest) = dsn.split_once("://").expect("a postgres:// URL");
+    let (authority, tail) = rest.split_once('/').unwrap_or((rest, ""));
+    let query = tail
+        .split_once('?')
+        .map(|(_, q)| format!("?{q}"))
+        .unwrap_or_default();
+    format!("{scheme}://{authority}/{db}{query}")
 }
 
 /// A short prefix of an id, as a user would type it (at least 8 hex digits).
@@ -445,6 +478,12 @@ impl Sandbox {
         path
     }
 
+    /// Writes the two-step project (`schema.sql`, `seed.sql`; see [`CHAIN`]).
+    pub fn write_chain(&self) {
+        self.write("schema.sql", SCHEMA_SQL);
+        self.write("seed.sql", SEED_SQL);
+    }
+
     /// Copies `../shared/datasets/<name>` (a file or a folder) to `rel` in the project.
     pub fn copy_dataset(&self, name: &str, rel: &str) -> PathBuf {
         let from = datasets_dir().unwrap_or_else(|e| panic!("{e}")).join(name);
@@ -519,11 +558,44 @@ impl Sandbox {
         lines[lines.len().saturating_sub(40)..].join("\n")
     }
 
+    /// Runs `sqlrs --output json ARGS` in `dir`, expecting success.
+    pub fn json_in(&self, dir: &Path, args: &[&str]) -> Value {
+        let mut all = vec!["--output", "json"];
+        all.extend_from_slice(args);
+        let out = self.sqlrs_in(dir, &all);
+        assert!(out.success(), "{}", self.explain(&out));
+        out.json()
+    }
+
     /// `sqlrs --output json prepare:psql -- ARGS`, expecting success.
     pub fn prepare(&self, psql_args: &[&str]) -> Prepared {
+        self.prepare_in(&self.project, psql_args)
+    }
+
+    /// `sqlrs --output json prepare:psql -- ARGS` run in `dir`, expecting success.
+    pub fn prepare_in(&self, dir: &Path, psql_args: &[&str]) -> Prepared {
         let mut args = vec!["prepare:psql", "--"];
         args.extend_from_slice(psql_args);
-        prepared_from(self.json(&args))
+        prepared_from(self.json_in(dir, &args))
+    }
+
+    /// The step tasks of one job: `(state_id, cached)` in step order.
+    pub fn step_tasks(&self, job_id: &str) -> Vec<(String, bool)> {
+        let mut tasks: Vec<Value> = self
+            .ls("tasks")
+            .into_iter()
+            .filter(|t| field(t, "job_id") == job_id && field(t, "kind") == "step")
+            .collect();
+        tasks.sort_by_key(|t| t.get("index").and_then(Value::as_u64));
+        tasks
+            .iter()
+            .map(|t| {
+                (
+                    field(t, "state_id").to_owned(),
+                    t.get("cached").and_then(Value::as_bool).unwrap_or(false),
+                )
+            })
+            .collect()
     }
 
     /// `sqlrs --output json plan:psql -- ARGS`: the planned steps.
@@ -840,6 +912,24 @@ mod tests {
         ];
         for (text, want) in cases {
             assert_eq!(dsn_in(text).as_deref(), want, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn database_swap() {
+        let cases = [
+            (
+                "postgres://u:p@127.0.0.1:5432/postgres",
+                "postgres://u:p@127.0.0.1:5432/ref",
+            ),
+            (
+                "postgres://u:p@h:1/db?sslmode=disable",
+                "postgres://u:p@h:1/ref?sslmode=disable",
+            ),
+            ("postgresql://h:1", "postgresql://h:1/ref"),
+        ];
+        for (dsn, want) in cases {
+            assert_eq!(with_database(dsn, "ref"), want);
         }
     }
 
