@@ -423,3 +423,32 @@ async fn failures_name_the_problem() {
         }
     }
 }
+
+#[test]
+fn servers_outlive_the_daemon_that_started_them() {
+    let rt = runtime();
+    let root = scratch();
+    let daemon = tokio::runtime::Runtime::new().unwrap();
+    let recorded = daemon.block_on(async {
+        let data = base(&rt, root.path(), "data").await;
+        let server = start(&rt, &data, root.path(), "run").await;
+        serde_json::to_string(&server).unwrap()
+    });
+    drop(daemon);
+
+    let server: ServerHandle = serde_json::from_str(&recorded).unwrap();
+    assert!(rt.is_running(&server), "the server survives its runtime");
+    let pid = libc::pid_t::try_from(server.pid).unwrap();
+    // SAFETY: getpgid only reads the process table.
+    assert_eq!(
+        unsafe { libc::getpgid(pid) },
+        pid,
+        "the server leads its own process group"
+    );
+    let next = tokio::runtime::Runtime::new().unwrap();
+    next.block_on(async {
+        rt.checkpoint(&server).await.unwrap();
+        rt.stop(&server).await.unwrap();
+    });
+    assert!(!rt.is_running(&server));
+}
