@@ -653,7 +653,8 @@ impl Engine {
             Ok(_) => Ok(()),
             Err(_) if job.cancel.is_cancelled() => Err(Stop::Cancelled),
             Err(RuntimeError::Psql { stderr, exit_code }) => {
-                let located = blobs::parse_psql_error(exec_root, &stderr);
+                let located =
+                    blobs::parse_psql_error(exec_root, &stderr).map(|l| l.resolved_in(&step.cwd));
                 let fallback_file = step.user_file().map(|p| p.display().to_string());
                 let message = match &located {
                     Some(l) => l.message.clone(),

@@ -3,7 +3,15 @@
 //! writable instances. The `sqlrsd` binary serves it over gRPC.
 
 pub mod blobs;
+pub mod config;
+pub mod daemon;
+pub mod engine;
 pub mod ids;
+pub mod index;
+pub mod jobs;
+pub mod model;
 pub mod planner;
 pub mod runtime;
+pub mod service;
 pub mod snapshot;
+pub mod store;
