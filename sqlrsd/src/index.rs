@@ -40,6 +40,9 @@ impl Index {
             source: Box::new(e),
         };
         let db = Database::create(path).map_err(|e| fail(e.into()))?;
+        // Instance passwords live here: owner only.
+        std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .map_err(|e| fail(redb::StorageError::Io(e).into()))?;
         let tx = db.begin_write().map_err(|e| fail(e.into()))?;
         {
             tx.open_table(STATES).map_err(|e| fail(e.into()))?;

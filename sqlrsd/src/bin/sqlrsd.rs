@@ -1,5 +1,7 @@
 //! The sqlrsd daemon binary: logs to stderr, serves until stopped.
 
+use std::io::IsTerminal;
+
 use sqlrs_proto::paths::Locations;
 
 #[tokio::main]
@@ -9,6 +11,7 @@ async fn main() -> anyhow::Result<()> {
             tracing_subscriber::EnvFilter::try_from_env("SQLRSD_LOG")
                 .unwrap_or_else(|_| "info".into()),
         )
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
     if let Some(arg) = std::env::args().nth(1) {
