@@ -1,2 +1,138 @@
-//! The sqlrs command line.
-fn main() {}
+//! The sqlrs command line: parses, dispatches to one module per command
+//! family, and turns errors into messages and exit codes.
+
+mod argv;
+mod cli;
+mod daemon;
+mod error;
+mod init;
+mod job;
+mod ls;
+mod prepare;
+mod render;
+mod rm;
+mod run;
+mod status;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::cli::{Cli, Command, Ctx, DaemonAction, Output};
+use crate::error::{CliError, exit};
+use crate::prepare::Source;
+use crate::run::Target;
+
+fn main() -> ExitCode {
+    let argv: Vec<String> = match std::env::args_os().map(|a| a.into_string()).collect() {
+        Ok(argv) => argv,
+        Err(bad) => {
+            eprintln!(
+                "error: argument {bad:?} is not valid UTF-8; sqlrs passes arguments on as text"
+            );
+            return ExitCode::from(exit::USAGE);
+        }
+    };
+    let split = argv::split_composite(&argv);
+    let cli = Cli::parse_from(&split.head);
+    let then = split
+        .run
+        .map(|tail| Cli::parse_from(argv.iter().take(1).chain(&tail)));
+    let ctx = Ctx {
+        output: if then.as_ref().is_some_and(|t| t.output == Output::Json) {
+            Output::Json
+        } else {
+            cli.output
+        },
+        quiet: cli.quiet || then.as_ref().is_some_and(|t| t.quiet),
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(exit::ERROR);
+        }
+    };
+    let result = runtime.block_on(dispatch(ctx, cli.command, then.map(|t| t.command)));
+    // The terminal prompt's reader thread must not hold up the exit.
+    runtime.shutdown_background();
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(
+                e.downcast_ref::<CliError>()
+                    .map_or(exit::ERROR, CliError::exit_code),
+            )
+        }
+    }
+}
+
+fn usage(message: impl Into<String>) -> anyhow::Error {
+    CliError::Usage(message.into()).into()
+}
+
+async fn dispatch(ctx: Ctx, command: Command, then: Option<Command>) -> anyhow::Result<u8> {
+    if let Some(then) = then {
+        let source = match command {
+            Command::PreparePsql { args } => Source::Psql(args),
+            Command::Prepare { name } => Source::Alias(name),
+            _ => return Err(usage("only prepare can be followed by run")),
+        };
+        let target = match then {
+            Command::RunPsql {
+                instance: None,
+                args,
+            } => Target::Psql(args),
+            Command::Run {
+                name,
+                instance: None,
+            } => Target::Alias(name),
+            Command::RunPsql { .. } | Command::Run { .. } => {
+                return Err(usage(
+                    "--instance has no place after prepare: the run uses the instance prepare makes",
+                ));
+            }
+            _ => {
+                return Err(usage(
+                    "after prepare's arguments only `run:psql -- …` or `run NAME` may follow",
+                ));
+            }
+        };
+        return run::composite(ctx, &source, &target).await;
+    }
+    let need_instance = || {
+        usage(
+            "which instance? add --instance ID (see `sqlrs ls`), or run right after prepare: `sqlrs prepare:psql -- … run:psql -- …`",
+        )
+    };
+    match command {
+        Command::PreparePsql { args } => prepare::prepare(ctx, &Source::Psql(args)).await,
+        Command::Prepare { name } => prepare::prepare(ctx, &Source::Alias(name)).await,
+        Command::PlanPsql { args } => prepare::plan(ctx, &Source::Psql(args)).await,
+        Command::Plan { name } => prepare::plan(ctx, &Source::Alias(name)).await,
+        Command::RunPsql { instance, args } => {
+            run::run(&Target::Psql(args), &instance.ok_or_else(need_instance)?).await
+        }
+        Command::Run { name, instance } => {
+            run::run(&Target::Alias(name), &instance.ok_or_else(need_instance)?).await
+        }
+        Command::Watch { job } => prepare::watch(ctx, &job).await,
+        Command::Ls(args) => ls::ls(ctx, &args).await,
+        Command::Rm(args) => rm::rm(ctx, &args).await,
+        Command::Status => status::status(ctx).await,
+        Command::Daemon {
+            action: DaemonAction::Start,
+        } => daemon::start(ctx).await,
+        Command::Daemon {
+            action: DaemonAction::Stop,
+        } => daemon::stop(ctx).await,
+        Command::Daemon {
+            action: DaemonAction::Status,
+        } => daemon::status(ctx).await,
+        Command::Init => init::init(ctx),
+    }
+}

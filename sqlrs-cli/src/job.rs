@@ -1,0 +1,459 @@
+//! Following a job's event stream: progress lines on stderr, Ctrl-C (cancel
+//! or detach), and reporting how the job ended.
+
+use std::io::{BufRead, IsTerminal};
+
+use serde::Serialize;
+use sqlrs_proto::client::Client;
+use sqlrs_proto::pb::job_event::Event;
+use sqlrs_proto::pb::{Instance, JobError, JobEvent, JobRef, StepEvent};
+use tokio::signal::unix::{Signal, SignalKind, signal};
+use tokio::sync::oneshot;
+use tonic::Streaming;
+
+use crate::cli::Ctx;
+use crate::error::{CliError, exit, reply};
+use crate::render;
+
+/// Hex characters of a state id shown in progress lines.
+const PROGRESS_ID: usize = 8;
+
+/// What Ctrl-C means while following a job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnInterrupt {
+    /// Ask on the terminal whether to cancel the job or detach from it
+    /// (cancel when there is no terminal to ask on).
+    Ask,
+    /// Stop following; the job keeps running.
+    Detach,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Choice {
+    Cancel,
+    Detach,
+}
+
+/// How following a job ended.
+#[derive(Debug)]
+pub enum Outcome {
+    Succeeded { job_id: String, instance: Instance },
+    Failed { job_id: String, error: JobError },
+    Cancelled { job_id: String },
+    Detached { job_id: String },
+}
+
+/// Follows `stream` to the job's end, drawing progress unless quiet.
+pub async fn follow(
+    client: &mut Client,
+    mut stream: Streaming<JobEvent>,
+    ctx: Ctx,
+    on_interrupt: OnInterrupt,
+) -> anyhow::Result<Outcome> {
+    let mut interrupts = signal(SignalKind::interrupt())?;
+    let mut job_id = String::new();
+    let mut first_at_ms = None;
+    loop {
+        tokio::select! {
+            message = stream.message() => {
+                let Some(event) = message.map_err(CliError::Daemon)? else {
+                    anyhow::bail!(
+                        "sqlrsd ended the event stream of job {job_id} before the job finished; \
+                         `sqlrs watch {job_id}` re-attaches, `sqlrs ls --jobs` shows its status"
+                    );
+                };
+                if job_id.is_empty() {
+                    job_id.clone_from(&event.job_id);
+                }
+                let since = event.at_ms.saturating_sub(*first_at_ms.get_or_insert(event.at_ms));
+                if let Some(line) = progress_line(&event, since) {
+                    ctx.progress(line);
+                }
+                match event.event {
+                    Some(Event::Succeeded(done)) => {
+                        let instance = done.instance.ok_or_else(|| {
+                            anyhow::anyhow!("sqlrsd reported job {job_id} done without an instance; see `sqlrs ls --jobs`")
+                        })?;
+                        return Ok(Outcome::Succeeded { job_id, instance });
+                    }
+                    Some(Event::Failed(error)) => return Ok(Outcome::Failed { job_id, error }),
+                    Some(Event::Cancelled(_)) => return Ok(Outcome::Cancelled { job_id }),
+                    _ => {}
+                }
+            }
+            _ = interrupts.recv() => {
+                let choice = match on_interrupt {
+                    OnInterrupt::Detach => Choice::Detach,
+                    // Before the first event there is no job to detach from.
+                    OnInterrupt::Ask if job_id.is_empty() => Choice::Cancel,
+                    OnInterrupt::Ask => ask(&mut interrupts).await,
+                };
+                if choice == Choice::Detach {
+                    return Ok(Outcome::Detached { job_id });
+                }
+                if !job_id.is_empty() {
+                    let cancelled = reply(client.cancel_job(JobRef { job_id: job_id.clone() }).await)?;
+                    if !cancelled.cancelled {
+                        ctx.progress(format_args!("job {job_id} is already {}", cancelled.status));
+                    }
+                }
+                return Ok(Outcome::Cancelled { job_id });
+            }
+        }
+    }
+}
+
+/// Asks on the terminal; a second Ctrl-C, end of input or no terminal at all cancels.
+async fn ask(interrupts: &mut Signal) -> Choice {
+    if !std::io::stdin().is_terminal() {
+        return Choice::Cancel;
+    }
+    eprint!("\ncancel the job [c] or detach [d]? ");
+    loop {
+        let (tx, rx) = oneshot::channel();
+        // A plain thread: it must not hold up the exit if the answer never comes.
+        std::thread::spawn(move || {
+            let _ = tx.send(read_terminal_line());
+        });
+        tokio::select! {
+            line = rx => match line.ok().flatten() {
+                None => return Choice::Cancel,
+                Some(line) => match parse_choice(&line) {
+                    Some(choice) => return choice,
+                    None => eprint!("please answer c (cancel the job) or d (detach, it keeps running): "),
+                },
+            },
+            _ = interrupts.recv() => {
+                eprintln!();
+                return Choice::Cancel;
+            }
+        }
+    }
+}
+
+/// One line from the controlling terminal (stdin when there is none); None at end of input.
+fn read_terminal_line() -> Option<String> {
+    let mut line = String::new();
+    let read = match std::fs::File::open("/dev/tty") {
+        Ok(tty) => std::io::BufReader::new(tty).read_line(&mut line),
+        Err(_) => std::io::stdin().lock().read_line(&mut line),
+    };
+    match read {
+        Ok(0) | Err(_) => None,
+        Ok(_) => Some(line),
+    }
+}
+
+fn parse_choice(answer: &str) -> Option<Choice> {
+    match answer.trim().to_ascii_lowercase().as_str() {
+        "c" | "cancel" => Some(Choice::Cancel),
+        "d" | "detach" => Some(Choice::Detach),
+        _ => None,
+    }
+}
+
+/// The stderr line for one event, if it has one; `since_ms` is the time since
+/// the first event seen.
+pub fn progress_line(event: &JobEvent, since_ms: u64) -> Option<String> {
+    match event.event.as_ref()? {
+        Event::Planned(planned) => {
+            let plan = planned.plan.as_ref()?;
+            let cached = plan.steps.iter().filter(|s| s.cached).count();
+            Some(format!(
+                "job {}: {} steps, {cached} cached ({})",
+                render::short(&event.job_id, render::SHORT_ID),
+                plan.steps.len(),
+                plan.engine
+            ))
+        }
+        Event::Step(step) => Some(step_line(step)),
+        Event::Log(log) => Some(format!("      {}", log.text.trim_end())),
+        Event::Succeeded(done) => {
+            let id = done.instance.as_ref().map_or("", |i| i.id.as_str());
+            Some(format!(
+                "instance {} ready ({})",
+                render::short(id, render::SHORT_ID),
+                render::duration(since_ms)
+            ))
+        }
+        Event::Failed(_) => None,
+        Event::Cancelled(_) => Some(format!("job {} cancelled", event.job_id)),
+    }
+}
+
+fn step_line(step: &StepEvent) -> String {
+    let at = format!("[{}/{}]", step.index, step.total);
+    let state = render::short(&step.state_id, PROGRESS_ID);
+    let elapsed = render::duration(step.elapsed_ms);
+    match step.status.as_str() {
+        "cached" => format!("{at} cached  {}  (state {state})", step.summary),
+        "running" => format!("{at} running {} ...", step.summary),
+        "succeeded" => format!("{at} done {elapsed}"),
+        "failed" => format!("{at} failed after {elapsed}"),
+        "cancelled" => format!("{at} cancelled after {elapsed}"),
+        other => format!("{at} {other} {}", step.summary),
+    }
+}
+
+/// `error: <file>:<line>: <message>`, leaving out what the error lacks.
+pub fn error_line(error: &JobError) -> String {
+    match (error.file.as_str(), error.line) {
+        ("", _) => format!("error: {}", error.message),
+        (file, 0) => format!("error: {file}: {}", error.message),
+        (file, line) => format!("error: {file}:{line}: {}", error.message),
+    }
+}
+
+/// A job error for JSON output.
+#[derive(Debug, Serialize, PartialEq)]
+pub struct ErrorItem {
+    pub reason: String,
+    pub message: String,
+    pub file: Option<String>,
+    pub line: Option<u32>,
+    pub step: Option<u32>,
+}
+
+impl From<&JobError> for ErrorItem {
+    fn from(e: &JobError) -> Self {
+        ErrorItem {
+            reason: e.reason.clone(),
+            message: e.message.clone(),
+            file: (!e.file.is_empty()).then(|| e.file.clone()),
+            line: (e.line != 0).then_some(e.line),
+            step: (e.step != 0).then_some(e.step),
+        }
+    }
+}
+
+/// The result of a prepare on stdout.
+#[derive(Debug, Serialize, PartialEq)]
+pub struct Prepared {
+    pub job_id: String,
+    pub instance_id: String,
+    pub state_id: String,
+    pub dsn: String,
+}
+
+#[derive(Serialize)]
+#[serde(tag = "status", rename_all = "lowercase")]
+enum Unfinished<'a> {
+    Failed { job_id: &'a str, error: ErrorItem },
+    Cancelled { job_id: &'a str },
+    Detached { job_id: &'a str },
+}
+
+/// Prints the outcome (results on stdout, messages on stderr) and returns the exit code.
+pub fn report(ctx: Ctx, outcome: &Outcome) -> anyhow::Result<u8> {
+    match outcome {
+        Outcome::Succeeded { job_id, instance } => {
+            if ctx.json() {
+                render::print_json(&Prepared {
+                    job_id: job_id.clone(),
+                    instance_id: instance.id.clone(),
+                    state_id: instance.state_id.clone(),
+                    dsn: instance.dsn.clone(),
+                })?;
+            } else {
+                println!("DSN={}", instance.dsn);
+            }
+            Ok(exit::OK)
+        }
+        Outcome::Failed { job_id, error } => {
+            eprintln!("{}", error_line(error));
+            if ctx.json() {
+                render::print_json(&Unfinished::Failed {
+                    job_id,
+                    error: error.into(),
+                })?;
+            }
+            Ok(exit::JOB_FAILED)
+        }
+        Outcome::Cancelled { job_id } => {
+            if ctx.json() {
+                render::print_json(&Unfinished::Cancelled { job_id })?;
+            }
+            Ok(exit::CANCELLED)
+        }
+        Outcome::Detached { job_id } => {
+            eprintln!(
+                "detached: job {job_id} keeps running; re-attach with `sqlrs watch {job_id}`"
+            );
+            if ctx.json() {
+                render::print_json(&Unfinished::Detached { job_id })?;
+            } else {
+                println!("JOB={job_id}");
+            }
+            Ok(exit::OK)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sqlrs_proto::pb::{JobCancelled, JobPlanned, JobSucceeded, LogLine, PlanReply, PlanStep};
+
+    fn step(index: u32, status: &str, summary: &str, elapsed_ms: u64) -> Event {
+        Event::Step(StepEvent {
+            index,
+            total: 5,
+            status: status.into(),
+            state_id: "1a2b3c4d5e6f7a8b".into(),
+            summary: summary.into(),
+            elapsed_ms,
+        })
+    }
+
+    #[test]
+    fn progress_lines() {
+        let plan = PlanReply {
+            base_id: "b".into(),
+            engine: "PostgreSQL 15.18".into(),
+            steps: vec![
+                PlanStep {
+                    cached: true,
+                    ..Default::default()
+                },
+                PlanStep::default(),
+            ],
+        };
+        let instance = Instance {
+            id: "0123456789abcdef".into(),
+            ..Default::default()
+        };
+        let cases: Vec<(Event, Option<&str>)> = vec![
+            (
+                Event::Planned(JobPlanned { plan: Some(plan) }),
+                Some("job 9f8e7d6c5b4a: 2 steps, 1 cached (PostgreSQL 15.18)"),
+            ),
+            (
+                step(2, "cached", "-f schema.sql", 0),
+                Some("[2/5] cached  -f schema.sql  (state 1a2b3c4d)"),
+            ),
+            (
+                step(3, "running", "-f seed.sql", 0),
+                Some("[3/5] running -f seed.sql ..."),
+            ),
+            (
+                step(3, "succeeded", "-f seed.sql", 1_234),
+                Some("[3/5] done 1.2s"),
+            ),
+            (
+                step(4, "failed", "-f bad.sql", 400),
+                Some("[4/5] failed after 0.4s"),
+            ),
+            (
+                step(4, "cancelled", "-f x.sql", 2_000),
+                Some("[4/5] cancelled after 2.0s"),
+            ),
+            (
+                Event::Log(LogLine {
+                    text: "NOTICE:  hi\n".into(),
+                }),
+                Some("      NOTICE:  hi"),
+            ),
+            (
+                Event::Succeeded(JobSucceeded {
+                    instance: Some(instance),
+                }),
+                Some("instance 0123456789ab ready (3.5s)"),
+            ),
+            (Event::Failed(JobError::default()), None),
+            (
+                Event::Cancelled(JobCancelled {}),
+                Some("job 9f8e7d6c5b4a3210 cancelled"),
+            ),
+        ];
+        for (event, want) in cases {
+            let event = JobEvent {
+                job_id: "9f8e7d6c5b4a3210".into(),
+                at_ms: 0,
+                event: Some(event),
+            };
+            assert_eq!(progress_line(&event, 3_500).as_deref(), want, "{event:?}");
+        }
+    }
+
+    #[test]
+    fn error_lines() {
+        let error = |file: &str, line| JobError {
+            reason: "sql_error".into(),
+            message: "syntax error at or near \"selec\"".into(),
+            file: file.into(),
+            line,
+            step: 2,
+        };
+        let cases = [
+            (
+                error("seed.sql", 12),
+                "error: seed.sql:12: syntax error at or near \"selec\"",
+            ),
+            (
+                error("seed.sql", 0),
+                "error: seed.sql: syntax error at or near \"selec\"",
+            ),
+            (error("", 0), "error: syntax error at or near \"selec\""),
+        ];
+        for (e, want) in cases {
+            assert_eq!(error_line(&e), want);
+        }
+    }
+
+    #[test]
+    fn choices() {
+        let cases = [
+            ("c\n", Some(Choice::Cancel)),
+            (" Cancel ", Some(Choice::Cancel)),
+            ("d\n", Some(Choice::Detach)),
+            ("DETACH", Some(Choice::Detach)),
+            ("\n", None),
+            ("x", None),
+        ];
+        for (answer, want) in cases {
+            assert_eq!(parse_choice(answer), want, "{answer:?}");
+        }
+    }
+
+    #[test]
+    fn json_shapes() {
+        let failed = Unfinished::Failed {
+            job_id: "j1",
+            error: (&JobError {
+                reason: "missing_file".into(),
+                message: "no such file".into(),
+                file: "a.sql".into(),
+                line: 0,
+                step: 1,
+            })
+                .into(),
+        };
+        let cases = [
+            (
+                serde_json::to_value(failed).unwrap(),
+                serde_json::json!({
+                    "status": "failed",
+                    "job_id": "j1",
+                    "error": {"reason": "missing_file", "message": "no such file", "file": "a.sql", "line": null, "step": 1},
+                }),
+            ),
+            (
+                serde_json::to_value(Unfinished::Detached { job_id: "j2" }).unwrap(),
+                serde_json::json!({"status": "detached", "job_id": "j2"}),
+            ),
+            (
+                serde_json::to_value(Prepared {
+                    job_id: "j".into(),
+                    instance_id: "i".into(),
+                    state_id: "s".into(),
+                    dsn: "postgres://u:p@127.0.0.1:5555/postgres".into(),
+                })
+                .unwrap(),
+                serde_json::json!({"job_id": "j", "instance_id": "i", "state_id": "s", "dsn": "postgres://u:p@127.0.0.1:5555/postgres"}),
+            ),
+        ];
+        for (got, want) in cases {
+            assert_eq!(got, want);
+        }
+    }
+}

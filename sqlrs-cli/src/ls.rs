@@ -1,0 +1,489 @@
+//! `sqlrs ls`: instances, states (as a tree), jobs and tasks, as tables or JSON.
+
+use serde::Serialize;
+use sqlrs_proto::pb::{
+    Instance, Job, ListInstancesRequest, ListJobsRequest, ListStatesRequest, ListTasksRequest,
+    State, Task,
+};
+
+use crate::cli::{Ctx, LsArgs};
+use crate::daemon;
+use crate::error::{exit, reply};
+use crate::job::ErrorItem;
+use crate::render::{self, SHORT_ID, TreeNode, short};
+
+/// An instance in JSON output.
+#[derive(Debug, Serialize, PartialEq)]
+pub struct InstanceItem {
+    pub id: String,
+    pub state_id: String,
+    pub dsn: String,
+    pub port: u32,
+    pub status: String,
+    pub runtime: String,
+    pub pid: Option<u32>,
+    pub job_id: Option<String>,
+    pub data_dir: String,
+    pub created_at_ms: u64,
+}
+
+/// A state in JSON output.
+#[derive(Debug, Serialize, PartialEq)]
+pub struct StateItem {
+    pub id: String,
+    /// None for a base state.
+    pub parent_id: Option<String>,
+    pub engine: String,
+    pub summary: String,
+    pub size_bytes: u64,
+    pub created_at_ms: u64,
+    pub last_used_at_ms: Option<u64>,
+    pub use_count: u64,
+    pub build_ms: u64,
+    pub instance_count: u32,
+}
+
+/// A job in JSON output.
+#[derive(Debug, Serialize, PartialEq)]
+pub struct JobItem {
+    pub id: String,
+    pub kind: String,
+    pub status: String,
+    pub created_at_ms: u64,
+    pub finished_at_ms: Option<u64>,
+    pub duration_ms: Option<u64>,
+    pub summary: String,
+    pub instance_id: Option<String>,
+    pub state_id: Option<String>,
+    pub error: Option<ErrorItem>,
+}
+
+/// A task in JSON output.
+#[derive(Debug, Serialize, PartialEq)]
+pub struct TaskItem {
+    pub job_id: String,
+    pub index: u32,
+    pub kind: String,
+    pub summary: String,
+    pub status: String,
+    pub state_id: Option<String>,
+    pub cached: bool,
+    pub started_at_ms: Option<u64>,
+    pub finished_at_ms: Option<u64>,
+}
+
+fn some_text(s: &str) -> Option<String> {
+    (!s.is_empty()).then(|| s.to_owned())
+}
+
+fn some_time(ms: u64) -> Option<u64> {
+    (ms != 0).then_some(ms)
+}
+
+impl From<&Instance> for InstanceItem {
+    fn from(i: &Instance) -> Self {
+        InstanceItem {
+            id: i.id.clone(),
+            state_id: i.state_id.clone(),
+            dsn: i.dsn.clone(),
+            port: i.port,
+            status: i.status.clone(),
+            runtime: i.runtime.clone(),
+            pid: (i.pid != 0).then_some(i.pid),
+            job_id: some_text(&i.job_id),
+            data_dir: i.data_dir.clone(),
+            created_at_ms: i.created_at_ms,
+        }
+    }
+}
+
+impl From<&State> for StateItem {
+    fn from(s: &State) -> Self {
+        StateItem {
+            id: s.id.clone(),
+            parent_id: some_text(&s.parent_id),
+            engine: s.engine.clone(),
+            summary: s.summary.clone(),
+            size_bytes: s.size_bytes,
+            created_at_ms: s.created_at_ms,
+            last_used_at_ms: some_time(s.last_used_at_ms),
+            use_count: s.use_count,
+            build_ms: s.build_ms,
+            instance_count: s.instance_count,
+        }
+    }
+}
+
+impl From<&Job> for JobItem {
+    fn from(j: &Job) -> Self {
+        let finished = some_time(j.finished_at_ms);
+        JobItem {
+            id: j.id.clone(),
+            kind: j.kind.clone(),
+            status: j.status.clone(),
+            created_at_ms: j.created_at_ms,
+            finished_at_ms: finished,
+            duration_ms: finished.map(|f| f.saturating_sub(j.created_at_ms)),
+            summary: j.summary.clone(),
+            instance_id: some_text(&j.instance_id),
+            state_id: some_text(&j.state_id),
+            error: j.error.as_ref().map(ErrorItem::from),
+        }
+    }
+}
+
+impl From<&Task> for TaskItem {
+    fn from(t: &Task) -> Self {
+        TaskItem {
+            job_id: t.job_id.clone(),
+            index: t.index,
+            kind: t.kind.clone(),
+            summary: t.summary.clone(),
+            status: t.status.clone(),
+            state_id: some_text(&t.state_id),
+            cached: t.cached,
+            started_at_ms: some_time(t.started_at_ms),
+            finished_at_ms: some_time(t.finished_at_ms),
+        }
+    }
+}
+
+fn instances_table(instances: &[Instance], now: u64) -> String {
+    render::table(
+        ["ID", "STATE", "DSN", "PORT", "STATUS", "CREATED"],
+        instances.iter().map(|i| {
+            [
+                short(&i.id, SHORT_ID).to_owned(),
+                short(&i.state_id, SHORT_ID).to_owned(),
+                i.dsn.clone(),
+                i.port.to_string(),
+                i.status.clone(),
+                render::ago(now, i.created_at_ms),
+            ]
+        }),
+    )
+}
+
+fn states_tree(states: &[State], now: u64) -> String {
+    let nodes: Vec<TreeNode> = states
+        .iter()
+        .map(|s| TreeNode {
+            id: s.id.clone(),
+            parent: s.parent_id.clone(),
+            order: s.created_at_ms,
+            columns: vec![
+                short(&s.id, SHORT_ID).to_owned(),
+                s.summary.clone(),
+                render::size(s.size_bytes),
+                format!("created {}", render::ago(now, s.created_at_ms)),
+                format!("used {}", render::ago(now, s.last_used_at_ms)),
+            ],
+        })
+        .collect();
+    render::tree(&nodes).trim_end().to_owned()
+}
+
+fn jobs_table(jobs: &[Job], now: u64) -> String {
+    render::table(
+        ["ID", "KIND", "STATUS", "CREATED", "DURATION", "SUMMARY"],
+        jobs.iter().map(|j| {
+            let duration = match j.finished_at_ms {
+                0 => format!("{}…", render::duration(now.saturating_sub(j.created_at_ms))),
+                done => render::duration(done.saturating_sub(j.created_at_ms)),
+            };
+            [
+                short(&j.id, SHORT_ID).to_owned(),
+                j.kind.clone(),
+                j.status.clone(),
+                render::ago(now, j.created_at_ms),
+                duration,
+                j.summary.clone(),
+            ]
+        }),
+    )
+}
+
+fn tasks_table(tasks: &[Task]) -> String {
+    render::table(
+        ["JOB", "#", "KIND", "STATUS", "CACHED", "SUMMARY"],
+        tasks.iter().map(|t| {
+            [
+                short(&t.job_id, SHORT_ID).to_owned(),
+                t.index.to_string(),
+                t.kind.clone(),
+                t.status.clone(),
+                if t.cached { "yes" } else { "no" }.to_owned(),
+                t.summary.clone(),
+            ]
+        }),
+    )
+}
+
+/// One listing: its name, its JSON items and its drawn text (None when empty).
+struct Section {
+    name: &'static str,
+    json: serde_json::Value,
+    text: Option<String>,
+}
+
+/// `I` is the JSON item for a listed `T`.
+fn section<T, I>(
+    name: &'static str,
+    items: &[T],
+    draw: impl FnOnce(&[T]) -> String,
+) -> anyhow::Result<Section>
+where
+    I: for<'a> From<&'a T> + Serialize,
+{
+    let json = serde_json::to_value(items.iter().map(I::from).collect::<Vec<_>>())?;
+    let text = (!items.is_empty()).then(|| draw(items));
+    Ok(Section { name, json, text })
+}
+
+pub async fn ls(ctx: Ctx, args: &LsArgs) -> anyhow::Result<u8> {
+    let mut conn = daemon::connect(true).await?;
+    let client = &mut conn.client;
+    let now = render::now_ms();
+    let default = !(args.states || args.jobs || args.tasks.is_some());
+    let mut sections = Vec::new();
+    if args.instances || default {
+        let list = reply(client.list_instances(ListInstancesRequest {}).await)?.instances;
+        sections.push(section::<_, InstanceItem>("instances", &list, |l| {
+            instances_table(l, now)
+        })?);
+    }
+    if args.states {
+        let list = reply(client.list_states(ListStatesRequest {}).await)?.states;
+        sections.push(section::<_, StateItem>("states", &list, |l| {
+            states_tree(l, now)
+        })?);
+    }
+    if args.jobs {
+        let list = reply(client.list_jobs(ListJobsRequest {}).await)?.jobs;
+        sections.push(section::<_, JobItem>("jobs", &list, |l| {
+            jobs_table(l, now)
+        })?);
+    }
+    if let Some(job_id) = &args.tasks {
+        let request = ListTasksRequest {
+            job_id: job_id.clone(),
+        };
+        let list = reply(client.list_tasks(request).await)?.tasks;
+        sections.push(section::<_, TaskItem>("tasks", &list, tasks_table)?);
+    }
+    print(ctx, sections)?;
+    Ok(exit::OK)
+}
+
+/// One section: a JSON array or its text. Several: a JSON object keyed by
+/// section name, or titled text blocks.
+fn print(ctx: Ctx, sections: Vec<Section>) -> anyhow::Result<()> {
+    let several = sections.len() > 1;
+    if ctx.json() {
+        let value = if several {
+            serde_json::Value::Object(
+                sections
+                    .into_iter()
+                    .map(|s| (s.name.to_owned(), s.json))
+                    .collect(),
+            )
+        } else {
+            sections
+                .into_iter()
+                .next()
+                .map_or(serde_json::Value::Null, |s| s.json)
+        };
+        return render::print_json(&value);
+    }
+    for (n, section) in sections.into_iter().enumerate() {
+        if several {
+            println!("{}{}:", if n > 0 { "\n" } else { "" }, section.name);
+        }
+        match section.text {
+            Some(text) => println!("{text}"),
+            None => ctx.progress(format_args!("no {}", section.name)),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: u64 = 1_700_000_000_000;
+    const MIN: u64 = 60_000;
+
+    fn state(
+        id: &str,
+        parent: &str,
+        summary: &str,
+        mib: u64,
+        created_min_ago: u64,
+        used_min_ago: Option<u64>,
+    ) -> State {
+        State {
+            id: id.repeat(16),
+            parent_id: parent.repeat(16),
+            engine: "pg15".into(),
+            summary: summary.into(),
+            size_bytes: mib << 20,
+            created_at_ms: NOW - created_min_ago * MIN,
+            last_used_at_ms: used_min_ago.map_or(0, |m| NOW - m * MIN),
+            use_count: 1,
+            build_ms: 1500,
+            instance_count: 0,
+        }
+    }
+
+    #[test]
+    fn state_tree_text() {
+        let states = [
+            state("b", "a", "-f schema.sql", 40, 30, Some(3)),
+            state("a", "", "base PostgreSQL 15", 38, 60, None),
+            state("c", "b", "-f seed.sql", 52, 29, Some(3)),
+            state("d", "a", "-c 'create table t()'", 39, 10, Some(10)),
+        ];
+        let want = "\
+aaaaaaaaaaaa          base PostgreSQL 15     38.0 MiB  created 1h ago   used -
+├── bbbbbbbbbbbb      -f schema.sql          40.0 MiB  created 30m ago  used 3m ago
+│   └── cccccccccccc  -f seed.sql            52.0 MiB  created 29m ago  used 3m ago
+└── dddddddddddd      -c 'create table t()'  39.0 MiB  created 10m ago  used 10m ago";
+        assert_eq!(states_tree(&states, NOW), want);
+    }
+
+    #[test]
+    fn tables() {
+        let instance = Instance {
+            id: "0123456789abcdef".into(),
+            state_id: "fedcba9876543210".into(),
+            dsn: "postgres://sqlrs:pw@127.0.0.1:54321/postgres".into(),
+            port: 54321,
+            created_at_ms: NOW - 3 * MIN,
+            status: "running".into(),
+            runtime: "native".into(),
+            pid: 99,
+            job_id: "".into(),
+            data_dir: "/s/instances/0123".into(),
+        };
+        assert_eq!(
+            instances_table(&[instance], NOW),
+            "ID            STATE         DSN                                           PORT   STATUS   CREATED\n\
+             0123456789ab  fedcba987654  postgres://sqlrs:pw@127.0.0.1:54321/postgres  54321  running  3m ago"
+        );
+        let job = |id: &str, status: &str, finished: u64| Job {
+            id: id.into(),
+            kind: "prepare".into(),
+            status: status.into(),
+            created_at_ms: NOW - 2 * MIN,
+            finished_at_ms: finished,
+            summary: "psql -f a.sql".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            jobs_table(
+                &[
+                    job("j1", "succeeded", NOW - 2 * MIN + 1_200),
+                    job("j2", "running", 0)
+                ],
+                NOW
+            ),
+            "ID  KIND     STATUS     CREATED  DURATION  SUMMARY\n\
+             j1  prepare  succeeded  2m ago   1.2s      psql -f a.sql\n\
+             j2  prepare  running    2m ago   2m00s…    psql -f a.sql"
+        );
+        let task = Task {
+            job_id: "j1".into(),
+            index: 2,
+            kind: "step".into(),
+            summary: "-f a.sql".into(),
+            status: "succeeded".into(),
+            state_id: "s".into(),
+            cached: true,
+            started_at_ms: 1,
+            finished_at_ms: 2,
+        };
+        assert_eq!(
+            tasks_table(&[task]),
+            "JOB  #  KIND  STATUS     CACHED  SUMMARY\n\
+             j1   2  step  succeeded  yes     -f a.sql"
+        );
+    }
+
+    #[test]
+    fn json_shapes() {
+        let job = Job {
+            id: "j".into(),
+            kind: "prepare".into(),
+            status: "failed".into(),
+            created_at_ms: 1_000,
+            finished_at_ms: 3_500,
+            summary: "psql -f a.sql".into(),
+            instance_id: "".into(),
+            state_id: "".into(),
+            error: Some(sqlrs_proto::pb::JobError {
+                reason: "sql_error".into(),
+                message: "boom".into(),
+                file: "a.sql".into(),
+                line: 3,
+                step: 1,
+            }),
+        };
+        let cases = [
+            (
+                serde_json::to_value(JobItem::from(&job)).unwrap(),
+                serde_json::json!({
+                    "id": "j", "kind": "prepare", "status": "failed", "created_at_ms": 1000,
+                    "finished_at_ms": 3500, "duration_ms": 2500, "summary": "psql -f a.sql",
+                    "instance_id": null, "state_id": null,
+                    "error": {"reason": "sql_error", "message": "boom", "file": "a.sql", "line": 3, "step": 1},
+                }),
+            ),
+            (
+                serde_json::to_value(StateItem::from(&state("a", "", "base", 1, 1, None))).unwrap(),
+                serde_json::json!({
+                    "id": "a".repeat(16), "parent_id": null, "engine": "pg15", "summary": "base",
+                    "size_bytes": 1 << 20, "created_at_ms": NOW - MIN, "last_used_at_ms": null,
+                    "use_count": 1, "build_ms": 1500, "instance_count": 0,
+                }),
+            ),
+            (
+                serde_json::to_value(InstanceItem::from(&Instance {
+                    id: "i".into(),
+                    state_id: "s".into(),
+                    dsn: "postgres://x".into(),
+                    port: 5,
+                    created_at_ms: 7,
+                    status: "running".into(),
+                    runtime: "native".into(),
+                    pid: 0,
+                    job_id: "j".into(),
+                    data_dir: "/d".into(),
+                }))
+                .unwrap(),
+                serde_json::json!({
+                    "id": "i", "state_id": "s", "dsn": "postgres://x", "port": 5, "status": "running",
+                    "runtime": "native", "pid": null, "job_id": "j", "data_dir": "/d", "created_at_ms": 7,
+                }),
+            ),
+            (
+                serde_json::to_value(TaskItem::from(&Task {
+                    job_id: "j".into(),
+                    index: 1,
+                    kind: "plan".into(),
+                    status: "running".into(),
+                    started_at_ms: 4,
+                    ..Default::default()
+                }))
+                .unwrap(),
+                serde_json::json!({
+                    "job_id": "j", "index": 1, "kind": "plan", "summary": "", "status": "running",
+                    "state_id": null, "cached": false, "started_at_ms": 4, "finished_at_ms": null,
+                }),
+            ),
+        ];
+        for (got, want) in cases {
+            assert_eq!(got, want);
+        }
+    }
+}
