@@ -190,7 +190,12 @@ impl Drop for PlainServer {
 
 fn chown_pg(path: &Path) {
     if running_as_root() {
-        run_ok(Command::new("chown").arg("-R").arg("postgres:postgres").arg(path));
+        run_ok(
+            Command::new("chown")
+                .arg("-R")
+                .arg("postgres:postgres")
+                .arg(path),
+        );
     }
 }
 
@@ -254,7 +259,11 @@ impl Sqlrs {
         let v: serde_json::Value = serde_json::from_str(out.trim()).expect("prepare prints JSON");
         let dsn = v["dsn"].as_str().unwrap().to_string();
         psql(&dsn, &["-c", "select 1"], cwd);
-        (t.elapsed(), v["instance_id"].as_str().unwrap().to_string(), dsn)
+        (
+            t.elapsed(),
+            v["instance_id"].as_str().unwrap().to_string(),
+            dsn,
+        )
     }
 
     fn rm(&self, cwd: &Path, id: &str) {
@@ -334,11 +343,19 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(7);
-    let btrfs = std::env::var_os("SQLRS_TEST_BTRFS").map(PathBuf::from).expect(
-        "set SQLRS_TEST_BTRFS to a directory on btrfs (packaging/ci/btrfs-image.sh makes one)",
-    );
-    let tmp = tempfile::Builder::new().prefix("sqlrs-bench").tempdir_in("/var/tmp").unwrap();
-    let btrfs_root = tempfile::Builder::new().prefix("sqlrs-bench").tempdir_in(&btrfs).unwrap();
+    let btrfs = std::env::var_os("SQLRS_TEST_BTRFS")
+        .map(PathBuf::from)
+        .expect(
+            "set SQLRS_TEST_BTRFS to a directory on btrfs (packaging/ci/btrfs-image.sh makes one)",
+        );
+    let tmp = tempfile::Builder::new()
+        .prefix("sqlrs-bench")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let btrfs_root = tempfile::Builder::new()
+        .prefix("sqlrs-bench")
+        .tempdir_in(&btrfs)
+        .unwrap();
     for d in [tmp.path(), btrfs_root.path()] {
         std::fs::set_permissions(d, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     }
@@ -363,7 +380,11 @@ fn main() {
         });
         // (b) CREATE DATABASE … TEMPLATE on a running server.
         let server = PlainServer::start(tmp.path(), &format!("{}-template", ds.name));
-        psql(&server.dsn("postgres"), &["-c", "create database prepared"], &project);
+        psql(
+            &server.dsn("postgres"),
+            &["-c", "create database prepared"],
+            &project,
+        );
         psql(&server.dsn("prepared"), &file_args, &project);
         let mut clones = Vec::new();
         for i in 0..ds.runs {
@@ -373,7 +394,11 @@ fn main() {
                 &["-c", &format!("create database clone{i} template prepared")],
                 &project,
             );
-            psql(&server.dsn(&format!("clone{i}")), &["-c", "select 1"], &project);
+            psql(
+                &server.dsn(&format!("clone{i}")),
+                &["-c", "select 1"],
+                &project,
+            );
             clones.push(t.elapsed());
         }
         drop(server);
@@ -414,7 +439,11 @@ fn report(rows: &[Row], runs: usize) {
         let b = find(rows, ds, "(b)");
         for backend in ["btrfs", "copy"] {
             let c = find(rows, ds, &format!("(c) sqlrs cache-hit prepare, {backend}"));
-            let d = find(rows, ds, &format!("(d) sqlrs after editing the last step, {backend}"));
+            let d = find(
+                rows,
+                ds,
+                &format!("(d) sqlrs after editing the last step, {backend}"),
+            );
             let alone = find(rows, ds, &format!("last step alone (psql), {backend}"));
             println!(
                 "- {ds} {backend}: (a)/(c) = {:.1}x, (c)/(b) = {:.2}, (d)/(alone + c) = {:.2}",
@@ -425,7 +454,11 @@ fn report(rows: &[Row], runs: usize) {
         }
     }
     if datasets.contains(&"generated-750MB") && datasets.contains(&"chinook") {
-        let big = find(rows, "generated-750MB", "(c) sqlrs cache-hit prepare, btrfs");
+        let big = find(
+            rows,
+            "generated-750MB",
+            "(c) sqlrs cache-hit prepare, btrfs",
+        );
         let small = find(rows, "chinook", "(c) sqlrs cache-hit prepare, btrfs");
         println!(
             "- btrfs cache hit, 750 MB vs Chinook: {:.2}x",

@@ -113,7 +113,11 @@ pub async fn run(loc: Locations) -> Result<(), DaemonError> {
         token,
         shutdown_tx,
     );
-    tracing::info!(pid = std::process::id(), "listening on {}", socket.display());
+    tracing::info!(
+        pid = std::process::id(),
+        "listening on {}",
+        socket.display()
+    );
     let stop = async move {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .expect("SIGTERM handler");

@@ -208,7 +208,11 @@ impl Engine {
 
     /// Plans a request: steps, ids, fingerprints. `ingest` copies every input
     /// into the blob store (what is hashed is what will run).
-    async fn chain(self: &Arc<Self>, input: PrepareInput, ingest: bool) -> Result<Chain, EngineError> {
+    async fn chain(
+        self: &Arc<Self>,
+        input: PrepareInput,
+        ingest: bool,
+    ) -> Result<Chain, EngineError> {
         let input = Self::resolve_input(input)?;
         if input.kind != "psql" {
             return Err(EngineError::InvalidRequest(format!(
@@ -392,7 +396,8 @@ impl Engine {
                 finished_at_ms: 0,
             });
         });
-        self.jobs.emit(job, EventKind::Planned(self.plan_view(&chain)?))?;
+        self.jobs
+            .emit(job, EventKind::Planned(self.plan_view(&chain)?))?;
 
         // Longest cached prefix; the first missing state is built once.
         let mut cached = self.cached_prefix(&chain)?;
@@ -525,7 +530,9 @@ impl Engine {
             runtime: self.runtime.info().kind.into(),
         };
         self.index.put_instance(&record)?;
-        let result = self.build_steps(job, chain, from, parent, &mut record).await;
+        let result = self
+            .build_steps(job, chain, from, parent, &mut record)
+            .await;
         match result {
             Ok(()) => Ok(record),
             Err(stop) => {
@@ -683,8 +690,19 @@ impl Engine {
             std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o711))
                 .map_err(io_err(&dir))?;
         }
-        self.snapshotter
-            .clone_writable(&self.store.state_path(state), &self.store.instance_data(inst))?;
+        // A run folder outside the store (long store paths) must be ours, not
+        // a link someone planted in the temp dir.
+        let run = self.store.instance_run(inst);
+        if run
+            .symlink_metadata()
+            .is_ok_and(|m| m.file_type().is_symlink())
+        {
+            std::fs::remove_file(&run).map_err(io_err(&run))?;
+        }
+        self.snapshotter.clone_writable(
+            &self.store.state_path(state),
+            &self.store.instance_data(inst),
+        )?;
         Ok(())
     }
 
@@ -756,6 +774,7 @@ impl Engine {
         {
             tracing::warn!(instance = %record.id, "removing {} failed: {e}", data.display());
         }
+        let _ = std::fs::remove_dir_all(self.store.instance_run(&record.id));
         let _ = std::fs::remove_dir_all(self.store.instance_dir(&record.id));
         let _ = self.index.delete_instance(&record.id);
     }
@@ -834,9 +853,7 @@ impl Engine {
         }
         match self.runtime.connection_count(server).await {
             Ok(0) | Err(_) => None,
-            Ok(n) => Some(format!(
-                "{n} open connection(s); close them or use --force"
-            )),
+            Ok(n) => Some(format!("{n} open connection(s); close them or use --force")),
         }
     }
 
@@ -1030,7 +1047,11 @@ impl Engine {
             }
             match self
                 .runtime
-                .start(&data, &self.store.instance_run(&inst.id), &Self::server_options())
+                .start(
+                    &data,
+                    &self.store.instance_run(&inst.id),
+                    &Self::server_options(),
+                )
                 .await
             {
                 Ok(server) => {

@@ -197,7 +197,10 @@ impl Index {
         let tx = self.db.begin_read().map_err(|e| self.err(e))?;
         let t = tx.open_table(EVENTS).map_err(|e| self.err(e))?;
         let mut out = Vec::new();
-        for row in t.range((job, 0)..=(job, u64::MAX)).map_err(|e| self.err(e))? {
+        for row in t
+            .range((job, 0)..=(job, u64::MAX))
+            .map_err(|e| self.err(e))?
+        {
             let (_, v) = row.map_err(|e| self.err(e))?;
             out.push(decode(job, v.value())?);
         }

@@ -112,7 +112,12 @@ impl Jobs {
     }
 
     pub fn live_ids(&self) -> Vec<String> {
-        self.live.lock().expect("jobs lock").keys().cloned().collect()
+        self.live
+            .lock()
+            .expect("jobs lock")
+            .keys()
+            .cloned()
+            .collect()
     }
 
     /// Asks a running job to stop; false when it is not running here.

@@ -13,9 +13,10 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// A random 128-bit id as 32 hex characters (instances and jobs).
+/// A random 64-bit id as 16 hex characters (instances and jobs). Short on
+/// purpose: an instance id is part of its server's Unix socket path.
 pub fn random_id() -> String {
-    let mut bytes = [0u8; 16];
+    let mut bytes = [0u8; 8];
     getrandom::fill(&mut bytes).expect("the OS random source is available");
     hex::encode(bytes)
 }

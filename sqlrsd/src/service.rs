@@ -383,7 +383,9 @@ impl Sqlrs for Service {
             .map_err(|e| Status::from(EngineError::from(e)))?;
         Ok(Response::new(pb::CancelJobReply {
             cancelled,
-            status: job.map(|j| j.status.as_str().to_string()).unwrap_or_default(),
+            status: job
+                .map(|j| j.status.as_str().to_string())
+                .unwrap_or_default(),
         }))
     }
 

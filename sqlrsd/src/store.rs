@@ -2,6 +2,9 @@
 
 use std::path::{Path, PathBuf};
 
+/// The longest path a Unix socket address holds (`sun_path` less the NUL).
+const MAX_SOCKET_PATH: usize = 107;
+
 /// `<state_dir>`: index, blobs, states, instances and scratch folders.
 #[derive(Debug, Clone)]
 pub struct Store {
@@ -51,8 +54,16 @@ impl Store {
     pub fn instance_data(&self, id: &str) -> PathBuf {
         self.instance_dir(id).join("data")
     }
+    /// The server's private folder (socket, log). A Unix socket path may not
+    /// exceed 107 bytes: when the store path is too long for
+    /// `<dir>/.s.PGSQL.<port>`, the folder moves to the temp dir.
     pub fn instance_run(&self, id: &str) -> PathBuf {
-        self.instance_dir(id).join("run")
+        let run = self.instance_dir(id).join("run");
+        if run.as_os_str().len() + "/.s.PGSQL.65535".len() <= MAX_SOCKET_PATH {
+            return run;
+        }
+        let digest = crate::ids::Digest::of(run.as_os_str().as_encoded_bytes());
+        std::env::temp_dir().join(format!("sqlrs-{}", &digest.to_hex()[..16]))
     }
 
     /// Creates the folders. Root's store must be traversable (not listable)
@@ -71,5 +82,24 @@ impl Store {
             std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode))?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_dir_moves_out_of_long_store_paths() {
+        let short = Store::new(Path::new("/var/lib/sqlrs"));
+        assert_eq!(
+            short.instance_run("0123456789abcdef"),
+            Path::new("/var/lib/sqlrs/instances/0123456789abcdef/run")
+        );
+        let long = Store::new(&Path::new("/srv").join("x".repeat(80)));
+        let run = long.instance_run("0123456789abcdef");
+        assert!(run.starts_with(std::env::temp_dir()), "{}", run.display());
+        assert_eq!(run, long.instance_run("0123456789abcdef"));
+        assert_ne!(run, long.instance_run("fedcba9876543210"));
     }
 }
