@@ -105,7 +105,7 @@ pub enum AliasError {
     #[error("{}: `args` is empty; list the tool arguments, e.g. `args: [-f, schema.sql]`", path.display())]
     NoArgs { path: PathBuf },
     #[error(
-        "no alias file {file_name} in {}; create it there, or run from the folder that holds it",
+        "no alias file {file_name} in {}; create it in one of these folders, or run from the folder that holds it",
         searched.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
     )]
     NotFound {
@@ -264,7 +264,10 @@ mod tests {
             (
                 "kind: psql\nargs: -f a.sql\n",
                 AliasRole::Prepare,
-                Err("a.yaml:2:7: args: invalid type: string \"-f a.sql\", expected a sequence".into()),
+                Err(
+                    "a.yaml:2:7: args: invalid type: string \"-f a.sql\", expected a sequence"
+                        .into(),
+                ),
             ),
             (
                 "kind: psql\nargs: [-f, [a.sql]]\n",

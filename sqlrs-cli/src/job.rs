@@ -2,6 +2,8 @@
 //! or detach), and reporting how the job ended.
 
 use std::io::{BufRead, IsTerminal};
+use std::pin::Pin;
+use std::time::Duration;
 
 use serde::Serialize;
 use sqlrs_proto::client::Client;
@@ -9,12 +11,15 @@ use sqlrs_proto::pb::job_event::Event;
 use sqlrs_proto::pb::{Instance, JobError, JobEvent, JobRef, StepEvent};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::oneshot;
+use tokio::time::Sleep;
 use tonic::Streaming;
 
 use crate::cli::Ctx;
 use crate::error::{CliError, exit, reply};
 use crate::render;
 
+/// How long a cancelled job may take to say it stopped.
+const CANCEL_WAIT: Duration = Duration::from_secs(10);
 /// Hex characters of a state id shown in progress lines.
 const PROGRESS_ID: usize = 8;
 
@@ -53,10 +58,15 @@ pub async fn follow(
     let mut interrupts = signal(SignalKind::interrupt())?;
     let mut job_id = String::new();
     let mut first_at_ms = None;
+    // Set once the job was asked to stop: how long to wait for it to say so.
+    let mut stopping: Option<Pin<Box<Sleep>>> = None;
     loop {
         tokio::select! {
             message = stream.message() => {
                 let Some(event) = message.map_err(CliError::Daemon)? else {
+                    if stopping.is_some() {
+                        return Ok(Outcome::Cancelled { job_id });
+                    }
                     anyhow::bail!(
                         "sqlrsd ended the event stream of job {job_id} before the job finished; \
                          `sqlrs watch {job_id}` re-attaches, `sqlrs ls --jobs` shows its status"
@@ -81,23 +91,36 @@ pub async fn follow(
                     _ => {}
                 }
             }
+            () = async { stopping.as_mut().expect("guarded").await }, if stopping.is_some() => {
+                ctx.progress(format_args!(
+                    "job {job_id} is still stopping; `sqlrs ls --jobs` shows when it has"
+                ));
+                return Ok(Outcome::Cancelled { job_id });
+            }
             _ = interrupts.recv() => {
                 let choice = match on_interrupt {
+                    // A second Ctrl-C while the job stops: stop waiting.
+                    _ if stopping.is_some() => return Ok(Outcome::Cancelled { job_id }),
                     OnInterrupt::Detach => Choice::Detach,
                     // Before the first event there is no job to detach from.
                     OnInterrupt::Ask if job_id.is_empty() => Choice::Cancel,
                     OnInterrupt::Ask => ask(&mut interrupts).await,
                 };
-                if choice == Choice::Detach {
-                    return Ok(Outcome::Detached { job_id });
-                }
-                if !job_id.is_empty() {
-                    let cancelled = reply(client.cancel_job(JobRef { job_id: job_id.clone() }).await)?;
-                    if !cancelled.cancelled {
-                        ctx.progress(format_args!("job {job_id} is already {}", cancelled.status));
+                match choice {
+                    Choice::Detach => return Ok(Outcome::Detached { job_id }),
+                    Choice::Cancel if job_id.is_empty() => return Ok(Outcome::Cancelled { job_id }),
+                    Choice::Cancel => {
+                        let request = JobRef { job_id: job_id.clone() };
+                        let cancelled = reply(client.cancel_job(request).await)?;
+                        if !cancelled.cancelled {
+                            ctx.progress(format_args!("job {job_id} is already {}", cancelled.status));
+                        }
+                        ctx.progress(format_args!("cancelling job {job_id}…"));
+                        // Follow on until the job says how it ended, so that
+                        // what `sqlrs ls` shows next is settled.
+                        stopping = Some(Box::pin(tokio::time::sleep(CANCEL_WAIT)));
                     }
                 }
-                return Ok(Outcome::Cancelled { job_id });
             }
         }
     }

@@ -57,20 +57,26 @@ impl StatusView {
         }
         rows.push(("runtime", format!("{}: {}", self.runtime, self.engine)));
         rows.push(("server user", self.server_user.clone()));
-        rows.push((
-            "snapshotter",
-            format!("{} ({})", self.snapshotter, self.snapshotter_reason),
-        ));
+        // The reason may already start with the snapshotter's name.
+        let reason = self.snapshotter_reason.as_str();
+        let snapshotter = match reason.strip_prefix(self.snapshotter.as_str()) {
+            Some(rest) if rest.starts_with(':') => reason.to_owned(),
+            _ => format!("{} ({reason})", self.snapshotter),
+        };
+        rows.push(("snapshotter", snapshotter));
         rows.push((
             "store",
             format!("{} ({})", self.store_path, render::size(self.store_bytes)),
         ));
         rows.push((
             "contents",
-            format!(
-                "{} states, {} instances, {} jobs",
-                self.state_count, self.instance_count, self.job_count
-            ),
+            [
+                (self.state_count, "state"),
+                (self.instance_count, "instance"),
+                (self.job_count, "job"),
+            ]
+            .map(|(n, what)| format!("{n} {what}{}", if n == 1 { "" } else { "s" }))
+            .join(", "),
         ));
         let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
         rows.iter()
@@ -128,7 +134,16 @@ mod tests {
              server user  postgres\n\
              snapshotter  copy (ext4 has no reflinks or subvolumes)\n\
              store        /var/lib/sqlrs (3.0 GiB)\n\
-             contents     4 states, 1 instances, 9 jobs"
+             contents     4 states, 1 instance, 9 jobs"
+        );
+        let mut prefixed = StatusView::new(&reply, 125_000);
+        prefixed.snapshotter_reason = "copy: /s is on ext4 (no reflink)".into();
+        assert!(
+            prefixed
+                .text()
+                .contains("\nsnapshotter  copy: /s is on ext4 (no reflink)\n"),
+            "{}",
+            prefixed.text()
         );
         let json = serde_json::to_value(&view).unwrap();
         assert_eq!(json["daemon"]["uptime_s"], 125);
