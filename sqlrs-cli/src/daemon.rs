@@ -1,6 +1,8 @@
 //! The daemon from the client's side: connecting (starting it when needed)
 //! and `sqlrs daemon start|stop|status`.
 
+use std::fs::TryLockError;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -120,19 +122,32 @@ pub async fn stop(ctx: Ctx) -> anyhow::Result<u8> {
         }
     }
     let asked = Instant::now();
-    loop {
-        match client::connect(&loc).await {
-            Err(ConnectError::NotRunning { .. }) => break,
-            _ if asked.elapsed() > STOP_TIMEOUT => anyhow::bail!(
-                "sqlrsd (pid {pid}) still answers {}s after being asked to stop; see its log {}",
+    // Gone means: the socket is quiet and the store lock is released, so
+    // that a `daemon start` right after finds the store free.
+    while !matches!(
+        client::connect(&loc).await,
+        Err(ConnectError::NotRunning { .. })
+    ) || !store_free(&loc.daemon_lock_path())
+    {
+        if asked.elapsed() > STOP_TIMEOUT {
+            anyhow::bail!(
+                "sqlrsd (pid {pid}) has not stopped {}s after being asked to; see its log {}",
                 STOP_TIMEOUT.as_secs(),
                 loc.log_path().display()
-            ),
-            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+            );
         }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     report_stopped(ctx, Some(pid))?;
     Ok(exit::OK)
+}
+
+/// Whether no daemon holds the store lock (a shared lock is refused while one does).
+fn store_free(lock_path: &Path) -> bool {
+    match std::fs::File::open(lock_path) {
+        Ok(file) => !matches!(file.try_lock_shared(), Err(TryLockError::WouldBlock)),
+        Err(_) => true,
+    }
 }
 
 fn report_stopped(ctx: Ctx, pid: Option<u32>) -> anyhow::Result<()> {
@@ -175,6 +190,18 @@ pub async fn status(ctx: Ctx) -> anyhow::Result<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn store_lock_probe() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("daemon.lock");
+        assert!(store_free(&path), "no lock file: free");
+        let held = std::fs::File::create(&path).unwrap();
+        held.lock().unwrap();
+        assert!(!store_free(&path), "held exclusively: busy");
+        held.unlock().unwrap();
+        assert!(store_free(&path), "released: free");
+    }
 
     #[test]
     fn json_shape() {
