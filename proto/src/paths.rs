@@ -121,9 +121,18 @@ mod tests {
         }
     }
 
+    /// (environment, root, config dir, state dir, runtime dir)
+    type Case = (
+        &'static [(&'static str, &'static str)],
+        bool,
+        &'static str,
+        &'static str,
+        &'static str,
+    );
+
     #[test]
     fn resolution_table() {
-        let cases: &[(&[(&str, &str)], bool, &str, &str, &str)] = &[
+        let cases: &[Case] = &[
             (
                 &[("HOME", "/home/a")],
                 false,
@@ -166,8 +175,6 @@ mod tests {
             ),
         ];
         for (vars, root, config, state, runtime) in cases {
-            let vars: &'static [(&'static str, &'static str)] =
-                Box::leak(vars.to_vec().into_boxed_slice());
             let l = Locations::resolve(env(vars), *root).unwrap();
             assert_eq!(
                 (

@@ -24,6 +24,12 @@ use crate::prepare::Source;
 use crate::run::Target;
 
 fn main() -> ExitCode {
+    // Output piped into `head` and the like: end quietly when the reader goes.
+    // SAFETY: restoring the default disposition of SIGPIPE before any thread
+    // starts has no preconditions.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let argv: Vec<String> = match std::env::args_os().map(|a| a.into_string()).collect() {
         Ok(argv) => argv,
         Err(bad) => {
