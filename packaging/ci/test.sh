@@ -115,7 +115,7 @@ run_check() {
 
 run_check "rustfmt" cargo fmt --all --check
 run_check "clippy" cargo clippy --workspace --all-targets --locked -- -D warnings
-run_check "tests" cargo test --workspace --locked
+run_check "tests" cargo test --workspace --locked --no-fail-fast
 
 section "summary"
 if [ "${#failed[@]}" -gt 0 ]; then

@@ -337,6 +337,7 @@ pub fn find_str<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
 pub fn json_list(v: &Value, key: &str) -> Vec<Value> {
     match v {
         Value::Array(a) => a.clone(),
+        Value::Null => Vec::new(),
         _ => find_key(v, key)
             .and_then(Value::as_array)
             .cloned()
@@ -636,8 +637,21 @@ impl Sandbox {
         out.stdout.trim().to_owned()
     }
 
-    /// Stops this sandbox's daemon and whatever processes it left.
+    /// Removes the instances (their servers outlive the daemon), stops the
+    /// daemon, then kills whatever processes are still left.
     fn stop_everything(&self) {
+        if self.sqlrs(&["daemon", "status"]).success() {
+            let listed = self.sqlrs(&["--output", "json", "ls", "--instances"]);
+            let instances = parse_json_output(&listed.stdout)
+                .map(|v| ids(&json_list(&v, "instances")))
+                .unwrap_or_default();
+            for id in instances {
+                let out = self.sqlrs(&["rm", "--force", &id]);
+                if !out.success() {
+                    eprintln!("warning: cannot remove instance {id}:\n{out}");
+                }
+            }
+        }
         let out = self.sqlrs(&["daemon", "stop"]);
         if out.code.is_none() {
             eprintln!("warning: `sqlrs daemon stop` did not finish:\n{out}");
@@ -674,7 +688,8 @@ impl Drop for Sandbox {
     }
 }
 
-/// Reads a prepare's JSON: the object carrying the DSN is the instance.
+/// Reads a prepare's JSON: the object carrying the DSN describes the instance
+/// (`instance_id` or `id`, `state_id`, `dsn`).
 pub fn prepared_from(json: Value) -> Prepared {
     let instance = find_object_with(&json, "dsn")
         .unwrap_or_else(|| panic!("no instance with a `dsn` in the prepare output {json:#}"));
@@ -685,8 +700,12 @@ pub fn prepared_from(json: Value) -> Prepared {
             .unwrap_or_else(|| panic!("instance has no `{k}` in {json:#}"))
             .to_owned()
     };
+    let instance_id = match instance.get("instance_id").and_then(Value::as_str) {
+        Some(id) => id.to_owned(),
+        None => get("id"),
+    };
     Prepared {
-        instance_id: get("id"),
+        instance_id,
         state_id: get("state_id"),
         dsn: get("dsn"),
         job_id: find_str(&json, "job_id").map(str::to_owned),
