@@ -77,16 +77,21 @@ if [ -z "${SQLRS_CI_FS_DIR:-}" ] && ! runuser -u postgres -- test -x "$ROOT"; th
     FS_DIR=/tmp/sqlrs-ci-fs
 fi
 
+# Unmount on exit only what this run mounted: filesystems that were already
+# mounted there (a developer's, or another run's) stay as they were.
+ours=()
+for fs in btrfs xfs; do
+    mountpoint -q "$FS_DIR/$fs" 2>/dev/null || ours+=("$FS_DIR/$fs")
+done
 unmount_test_filesystems() {
     local m
-    for m in "$FS_DIR/btrfs" "$FS_DIR/xfs"; do
+    for m in "${ours[@]}"; do
         if mountpoint -q "$m" 2>/dev/null; then
             umount "$m" 2>/dev/null || umount -l "$m" || echo "warning: could not unmount $m" >&2
         fi
     done
 }
 trap unmount_test_filesystems EXIT
-unmount_test_filesystems
 mkdir -p "$FS_DIR"
 
 fs_vars="$(bash packaging/ci/btrfs-image.sh "$FS_DIR")"
