@@ -182,6 +182,14 @@ impl Engine {
             .clone()
     }
 
+    /// Drops a build lock nobody holds or waits for, so the map stays small.
+    fn forget_build_lock(&self, id: &StateId) {
+        let mut locks = self.build_locks.lock().expect("build locks");
+        if locks.get(id).is_some_and(|l| Arc::strong_count(l) == 1) {
+            locks.remove(id);
+        }
+    }
+
     fn is_cached(&self, id: &StateId) -> Result<bool, IndexError> {
         Ok(self.index.state(&id.to_hex())?.is_some())
     }
@@ -400,18 +408,39 @@ impl Engine {
             .emit(job, EventKind::Planned(self.plan_view(&chain)?))?;
 
         // Longest cached prefix; the first missing state is built once.
-        let mut cached = self.cached_prefix(&chain)?;
-        let _guard;
-        if cached < n {
-            let lock = self.build_lock(&chain.ids[cached]);
-            _guard = tokio::select! {
-                g = lock.lock_owned() => g,
-                () = job.cancel.cancelled() => return Err(Stop::Cancelled),
-            };
-            cached = self.cached_prefix(&chain)?;
+        let first_missing = self.cached_prefix(&chain)?;
+        if first_missing == n {
+            return self.finish_prepare(job, &chain, n).await;
         }
+        let locked = chain.ids[first_missing];
+        let lock = self.build_lock(&locked);
+        let result = tokio::select! {
+            guard = lock.lock_owned() => {
+                let result = match self.cached_prefix(&chain) {
+                    Ok(cached) => self.finish_prepare(job, &chain, cached).await,
+                    Err(e) => Err(e.into()),
+                };
+                drop(guard);
+                result
+            }
+            () = job.cancel.cancelled() => Err(Stop::Cancelled),
+        };
+        self.forget_build_lock(&locked);
+        result
+    }
+
+    /// With the first `cached` states in the store: reports them, then starts
+    /// an instance of the head or builds the rest.
+    async fn finish_prepare(
+        self: &Arc<Self>,
+        job: &Arc<LiveJob>,
+        chain: &Chain,
+        cached: usize,
+    ) -> Result<InstanceRecord, Stop> {
+        let n = chain.steps.len();
+        let head = chain.ids[n - 1].to_hex();
         for k in 0..cached {
-            self.step_event(job, &chain, k, "cached", 0);
+            self.step_event(job, chain, k, "cached", 0);
             self.set_task(job, k as u32 + 1, |t| {
                 t.status = RunStatus::Succeeded;
                 t.cached = true;
@@ -436,7 +465,7 @@ impl Engine {
         } else {
             chain.ids[cached - 1]
         };
-        self.build(job, &chain, cached, &parent).await
+        self.build(job, chain, cached, &parent).await
     }
 
     /// Number of leading steps whose states are cached.
