@@ -49,7 +49,7 @@ cargo --version
 
 # ---------------------------------------------------------------------------
 section "build (release)"
-cargo build --release --locked -p sqlrs-cli -p sqlrsd
+cargo build --release -p sqlrs-cli -p sqlrsd
 SQLRS="$ROOT/target/release/sqlrs"
 export SQLRSD_BIN="$ROOT/target/release/sqlrsd"
 

@@ -67,7 +67,7 @@ psql --version
 
 # ---------------------------------------------------------------------------
 section "build (cargo build --workspace --all-targets)"
-cargo build --workspace --all-targets --locked
+cargo build --workspace --all-targets
 
 # ---------------------------------------------------------------------------
 section "test filesystems (btrfs, XFS with reflink)"
@@ -119,8 +119,8 @@ run_check() {
 }
 
 run_check "rustfmt" cargo fmt --all --check
-run_check "clippy" cargo clippy --workspace --all-targets --locked -- -D warnings
-run_check "tests" cargo test --workspace --locked --no-fail-fast
+run_check "clippy" cargo clippy --workspace --all-targets -- -D warnings
+run_check "tests" cargo test --workspace --no-fail-fast
 
 section "summary"
 if [ "${#failed[@]}" -gt 0 ]; then
