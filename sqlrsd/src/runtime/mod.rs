@@ -2,6 +2,7 @@
 //! PostgreSQL servers. The engine sees only the narrow [`Runtime`] trait; the
 //! native implementation drives the host's PostgreSQL binaries.
 
+pub mod docker;
 mod native;
 
 use std::io;
@@ -227,6 +228,32 @@ pub enum RuntimeError {
 
     #[error("psql was cancelled")]
     Cancelled,
+
+    #[error(
+        "Docker is not reachable at {host}: {reason}: start dockerd or set DOCKER_HOST; \
+         runtime = native avoids Docker"
+    )]
+    DockerUnreachable { host: String, reason: String },
+
+    #[error(
+        "the Docker image {image} is not present and cannot be pulled ({reason}): build it \
+         offline with packaging/docker/build-image.sh {image}, or pull it where a registry is \
+         reachable"
+    )]
+    ImageMissing { image: String, reason: String },
+
+    #[error(
+        "cannot read the PostgreSQL version of the Docker image {image} (`postgres --version` \
+         printed {output:?}): use an image with PostgreSQL server binaries on its PATH"
+    )]
+    ImageVersion { image: String, output: String },
+
+    #[error("Docker could not {action}: {source}")]
+    Docker {
+        action: String,
+        #[source]
+        source: bollard::errors::Error,
+    },
 }
 
 /// A fresh random password of 32 URL-safe characters (192 bits).
