@@ -16,7 +16,9 @@ pub struct Locations {
 
 #[derive(Debug, thiserror::Error)]
 pub enum LocationsError {
-    #[error("cannot place sqlrs files: neither {var} nor HOME is set; set {var} to a writable directory")]
+    #[error(
+        "cannot place sqlrs files: neither {var} nor HOME is set; set {var} to a writable directory"
+    )]
     NoHome { var: &'static str },
 }
 

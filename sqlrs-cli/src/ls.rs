@@ -365,6 +365,7 @@ aaaaaaaaaaaa          base PostgreSQL 15     38.0 MiB  created 1h ago   used -
             pid: 99,
             job_id: "".into(),
             data_dir: "/s/instances/0123".into(),
+            image: String::new(),
         };
         assert_eq!(
             instances_table(&[instance], NOW),
@@ -459,6 +460,7 @@ aaaaaaaaaaaa          base PostgreSQL 15     38.0 MiB  created 1h ago   used -
                     pid: 0,
                     job_id: "j".into(),
                     data_dir: "/d".into(),
+                    image: String::new(),
                 }))
                 .unwrap(),
                 serde_json::json!({

@@ -58,6 +58,7 @@ fn request(source: &Source, cwd: &Path) -> anyhow::Result<PrepareRequest> {
         alias_path: alias_path
             .map(|p| p.to_string_lossy().into_owned())
             .unwrap_or_default(),
+        image: String::new(),
     })
 }
 

@@ -124,6 +124,7 @@ mod tests {
             instance_count: 1,
             job_count: 9,
             server_user: "postgres".into(),
+            runtime_reason: "native: runtime.kind = native in the config".into(),
         };
         let view = StatusView::new(&reply, 125_000);
         assert_eq!(

@@ -326,7 +326,13 @@ fn bench_sqlrs(sqlrs: &Sqlrs, label: &str, ds: &Dataset, project: &Path, rows: &
     // The last step alone, replayed by psql on an instance of the state before it.
     let prefix = &ds.args[..ds.args.len() - 2];
     let mut alone = Vec::new();
-    for _ in 0..ds.runs {
+    for i in 0..ds.runs {
+        if prefix.is_empty() {
+            // A one-step chain: its step alone runs on an empty cluster.
+            let server = PlainServer::start(&sqlrs.root, &format!("{}-alone-{i}", ds.name));
+            alone.push(psql(&server.dsn("postgres"), &["-f", &last], project));
+            continue;
+        }
         let (_, id, dsn) = sqlrs.prepare(project, prefix);
         alone.push(psql(&dsn, &["-f", &last], project));
         sqlrs.rm(project, &id);

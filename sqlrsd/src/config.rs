@@ -31,7 +31,38 @@ impl Default for SnapshotConfig {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RuntimeConfig {
+    /// Which runtime serves requests that name no image.
+    pub kind: RuntimeKind,
     pub native: NativeSection,
+    pub docker: DockerSection,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum RuntimeKind {
+    /// Docker when a Docker daemon answers and the image is there, else native.
+    #[default]
+    Auto,
+    Native,
+    Docker,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DockerSection {
+    /// Docker endpoint; else `DOCKER_HOST`, else the default socket.
+    pub host: Option<String>,
+    /// Image for requests that name none.
+    pub image: String,
+}
+
+impl Default for DockerSection {
+    fn default() -> Self {
+        Self {
+            host: None,
+            image: "postgres:17".into(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -126,6 +157,14 @@ mod tests {
                 Ok("auto"),
             ),
             ("snapshot:\n  backnd: copy\n", Err("unknown field `backnd`")),
+            (
+                "runtime:\n  kind: podman\n",
+                Err("unknown variant `podman`"),
+            ),
+            (
+                "runtime:\n  kind: docker\n  docker:\n    image: sqlrs/postgres:15\n",
+                Ok("auto"),
+            ),
             ("snapshot: [\n", Err("")),
         ];
         for (text, want) in cases {

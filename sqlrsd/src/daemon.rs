@@ -19,7 +19,8 @@ use crate::engine::Engine;
 use crate::index::Index;
 use crate::jobs::Jobs;
 use crate::model::{now_ms, random_id};
-use crate::runtime::{NativeConfig, NativeRuntime};
+use crate::runtime::NativeConfig;
+use crate::runtimes::{RuntimeSettings, Runtimes};
 use crate::service::{DaemonInfo, Service};
 use crate::snapshot::{self, BackendChoice};
 use crate::store::Store;
@@ -70,10 +71,18 @@ pub async fn run(loc: Locations) -> Result<(), DaemonError> {
     let index = Arc::new(Index::open(&store.index_path())?);
     let jobs = Jobs::new(index.clone(), config.jobs.max_events, config.jobs.keep);
     let blobs = BlobStore::open(&store.blobs_dir())?;
-    let runtime = Arc::new(NativeRuntime::detect(&NativeConfig {
-        bin_dir: config.runtime.native.bin_dir.clone(),
-        server_user: config.runtime.native.server_user.clone(),
-    })?);
+    let runtimes = Runtimes::new(RuntimeSettings {
+        kind: config.runtime.kind,
+        native: NativeConfig {
+            bin_dir: config.runtime.native.bin_dir.clone(),
+            server_user: config.runtime.native.server_user.clone(),
+        },
+        docker_host: config.runtime.docker.host.clone(),
+        docker_image: config.runtime.docker.image.clone(),
+        shared_dirs: vec![store.root().join("exec")],
+    })
+    .await?;
+    tracing::info!(reason = %runtimes.reason(), "runtime");
     let choice = match config.snapshot.backend.as_str() {
         "auto" => BackendChoice::Auto,
         other => BackendChoice::Fixed(
@@ -94,7 +103,7 @@ pub async fn run(loc: Locations) -> Result<(), DaemonError> {
         index,
         jobs,
         blobs,
-        runtime,
+        runtimes,
         detected.snapshotter,
         detected.reason,
     ));

@@ -17,7 +17,9 @@ use crate::model::{
     StateRecord, StepProgress, TaskKind, TaskRecord, now_ms, random_id,
 };
 use crate::planner::{self, PsqlRequest, Step};
+use crate::runtime::docker::{ExecOptions, OutputStream};
 use crate::runtime::{Runtime, RuntimeError, ServerHandle, ServerOptions, generate_password};
+use crate::runtimes::{Runtimes, Selected};
 use crate::snapshot::Snapshotter;
 use crate::store::Store;
 
@@ -29,6 +31,37 @@ pub struct PrepareInput {
     pub cwd: PathBuf,
     pub stdin: Option<Vec<u8>>,
     pub alias_path: Option<PathBuf>,
+    /// Docker image of the engine; None: the default runtime.
+    pub image: Option<String>,
+}
+
+/// A tool run inside an instance's container.
+#[derive(Debug, Clone)]
+pub struct ExecInput {
+    pub instance: String,
+    pub tool: String,
+    pub args: Vec<String>,
+    pub cwd: PathBuf,
+    pub stdin: Vec<u8>,
+}
+
+/// The paths an argument may name: itself, the value of `--opt=value`, the
+/// value glued to a short option (`-fFILE`), and pgbench's `FILE@weight`.
+fn arg_path_candidates(arg: &str) -> Vec<&str> {
+    let mut out = vec![arg];
+    if let Some((_, v)) = arg.split_once('=').filter(|_| arg.starts_with("--")) {
+        out.push(v);
+    }
+    if arg.len() > 2 && arg.starts_with('-') && !arg.starts_with("--") {
+        out.push(&arg[2..]);
+    }
+    let more: Vec<&str> = out
+        .iter()
+        .filter_map(|a| a.rsplit_once('@').map(|(f, _)| f))
+        .collect();
+    out.extend(more);
+    out.retain(|a| !a.is_empty() && !a.starts_with('-'));
+    out
 }
 
 /// Errors of engine operations other than a job's own failure.
@@ -130,6 +163,7 @@ pub struct Removal {
 
 /// A planned chain: the base and the steps with their state ids.
 struct Chain {
+    rt: Selected,
     base: StateId,
     steps: Vec<Step>,
     ids: Vec<StateId>,
@@ -140,7 +174,7 @@ pub struct Engine {
     pub index: Arc<Index>,
     pub jobs: Jobs,
     pub blobs: BlobStore,
-    pub runtime: Arc<dyn Runtime>,
+    pub runtimes: Runtimes,
     pub snapshotter: Box<dyn Snapshotter>,
     pub snapshotter_reason: String,
     /// Single flight: the first missing state of a build is locked while it is built.
@@ -153,7 +187,7 @@ impl Engine {
         index: Arc<Index>,
         jobs: Jobs,
         blobs: BlobStore,
-        runtime: Arc<dyn Runtime>,
+        runtimes: Runtimes,
         snapshotter: Box<dyn Snapshotter>,
         snapshotter_reason: String,
     ) -> Self {
@@ -162,15 +196,11 @@ impl Engine {
             index,
             jobs,
             blobs,
-            runtime,
+            runtimes,
             snapshotter,
             snapshotter_reason,
             build_locks: Mutex::new(HashMap::new()),
         }
-    }
-
-    fn engine_label(&self) -> String {
-        self.runtime.engine().label()
     }
 
     fn build_lock(&self, id: &StateId) -> Arc<tokio::sync::Mutex<()>> {
@@ -211,6 +241,7 @@ impl Engine {
             cwd,
             stdin: input.stdin,
             alias_path: Some(alias_path),
+            image: input.image.or(alias.image),
         })
     }
 
@@ -234,6 +265,7 @@ impl Engine {
                 input.cwd.display()
             )));
         }
+        let rt = self.runtimes.for_image(input.image.as_deref()).await?;
         let this = self.clone();
         let steps = tokio::task::spawn_blocking(move || {
             let req = PsqlRequest {
@@ -245,14 +277,19 @@ impl Engine {
         })
         .await
         .expect("planner task panicked")?;
-        let base = ids::base_id(&self.runtime.engine());
+        let base = ids::base_id(&rt.runtime.engine());
         let mut ids = Vec::with_capacity(steps.len());
         let mut parent = base;
         for s in &steps {
             parent = ids::child_id(&parent, &s.fingerprint);
             ids.push(parent);
         }
-        Ok(Chain { base, steps, ids })
+        Ok(Chain {
+            rt,
+            base,
+            steps,
+            ids,
+        })
     }
 
     fn plan_view(&self, chain: &Chain) -> Result<PlanView, IndexError> {
@@ -272,7 +309,7 @@ impl Engine {
         }
         Ok(PlanView {
             base_id: chain.base.to_hex(),
-            engine: self.engine_label(),
+            engine: chain.rt.runtime.engine().label(),
             steps,
         })
     }
@@ -452,7 +489,7 @@ impl Engine {
                 t.status = RunStatus::Running;
                 t.started_at_ms = now_ms();
             });
-            let instance = self.start_instance(&head, &job.id).await?;
+            let instance = self.start_instance(&chain.rt, &head, &job.id).await?;
             self.set_task(job, start_task, |t| {
                 t.status = RunStatus::Succeeded;
                 t.finished_at_ms = now_ms();
@@ -460,7 +497,7 @@ impl Engine {
             return Ok(instance);
         }
         let parent = if cached == 0 {
-            self.ensure_base(&chain.base).await?;
+            self.ensure_base(chain).await?;
             chain.base
         } else {
             chain.ids[cached - 1]
@@ -479,7 +516,9 @@ impl Engine {
     }
 
     /// Makes the engine's empty cluster, once.
-    async fn ensure_base(&self, base: &StateId) -> Result<(), Stop> {
+    async fn ensure_base(&self, chain: &Chain) -> Result<(), Stop> {
+        let base = &chain.base;
+        let runtime = &chain.rt.runtime;
         let lock = self.build_lock(base);
         let _g = lock.lock().await;
         if self.is_cached(base)? {
@@ -490,9 +529,10 @@ impl Engine {
         let work = self.store.work_dir().join(format!("base-{}", random_id()));
         self.snapshotter.create_empty(&work)?;
         let result = async {
-            self.runtime.adopt_dir(&work)?;
-            self.runtime.init_base(&work).await?;
-            self.record_state(&id, None, "initdb".into(), &work, started)
+            runtime.adopt_dir(&work)?;
+            runtime.init_base(&work).await?;
+            let label = runtime.engine().label();
+            self.record_state(&id, None, "initdb".into(), &label, &work, started)
                 .await
         }
         .await;
@@ -507,6 +547,7 @@ impl Engine {
         id: &str,
         parent: Option<String>,
         summary: String,
+        engine: &str,
         data: &Path,
         started: Instant,
     ) -> Result<(), Stop> {
@@ -522,7 +563,7 @@ impl Engine {
         self.index.put_state(&StateRecord {
             id: id.into(),
             parent,
-            engine: self.engine_label(),
+            engine: engine.into(),
             summary,
             size_bytes: size,
             created_at_ms: now,
@@ -556,7 +597,8 @@ impl Engine {
             dsn: String::new(),
             created_at_ms: now_ms(),
             job_id: job.id.clone(),
-            runtime: self.runtime.info().kind.into(),
+            runtime: chain.rt.runtime.info().kind.into(),
+            image: chain.rt.image.clone(),
         };
         self.index.put_instance(&record)?;
         let result = self
@@ -579,16 +621,15 @@ impl Engine {
         parent: &StateId,
         record: &mut InstanceRecord,
     ) -> Result<(), Stop> {
+        let runtime = chain.rt.runtime.as_ref();
         let data = self.store.instance_data(&record.id);
         let run = self.store.instance_run(&record.id);
         self.clone_into_instance(&parent.to_hex(), &record.id)?;
-        let mut server = self
-            .runtime
-            .start(&data, &run, &Self::server_options())
-            .await?;
+        let mut server = runtime.start(&data, &run, &Self::server_options()).await?;
         record.server = Some(server.clone());
         self.index.put_instance(record)?;
         let exec_root = self.store.exec_dir(&job.id);
+        let label = runtime.engine().label();
         for k in from..chain.steps.len() {
             if job.cancel.is_cancelled() {
                 return Err(Stop::Cancelled);
@@ -601,7 +642,9 @@ impl Engine {
                 t.started_at_ms = now_ms();
             });
             let step = &chain.steps[k];
-            let outcome = self.run_step(job, &server, step, &exec_root, k).await;
+            let outcome = self
+                .run_step(job, runtime, &server, step, &exec_root, k)
+                .await;
             if let Err(stop) = outcome {
                 let status = match stop {
                     Stop::Cancelled => RunStatus::Cancelled,
@@ -629,17 +672,28 @@ impl Engine {
                 chain.ids[k - 1].to_hex()
             };
             if self.snapshotter.atomic() {
-                self.runtime.checkpoint(&server).await?;
-                self.record_state(&id, Some(parent_id), step.summary.clone(), &data, started)
-                    .await?;
+                runtime.checkpoint(&server).await?;
+                self.record_state(
+                    &id,
+                    Some(parent_id),
+                    step.summary.clone(),
+                    &label,
+                    &data,
+                    started,
+                )
+                .await?;
             } else {
-                self.runtime.stop(&server).await?;
-                self.record_state(&id, Some(parent_id), step.summary.clone(), &data, started)
-                    .await?;
-                server = self
-                    .runtime
-                    .start(&data, &run, &Self::server_options())
-                    .await?;
+                runtime.stop(&server).await?;
+                self.record_state(
+                    &id,
+                    Some(parent_id),
+                    step.summary.clone(),
+                    &label,
+                    &data,
+                    started,
+                )
+                .await?;
+                server = runtime.start(&data, &run, &Self::server_options()).await?;
                 record.server = Some(server.clone());
             }
             record.state_id = id;
@@ -653,7 +707,7 @@ impl Engine {
         }
         let start_task = chain.steps.len() as u32 + 1;
         self.set_task(job, start_task, |t| t.status = RunStatus::Running);
-        self.hand_out(record, &server).await?;
+        self.hand_out(runtime, record, &server).await?;
         self.set_task(job, start_task, |t| {
             t.status = RunStatus::Succeeded;
             t.finished_at_ms = now_ms();
@@ -664,6 +718,7 @@ impl Engine {
     async fn run_step(
         &self,
         job: &LiveJob,
+        runtime: &dyn Runtime,
         server: &ServerHandle,
         step: &Step,
         exec_root: &Path,
@@ -675,8 +730,7 @@ impl Engine {
                 .materialize(&exec_root, step)
                 .map_err(|e| EngineError::InvalidRequest(e.to_string()))?
         };
-        let result = self
-            .runtime
+        let result = runtime
             .run_psql(
                 server,
                 &inv.args,
@@ -738,12 +792,13 @@ impl Engine {
     /// Gives a running server its password and records it as an instance.
     async fn hand_out(
         &self,
+        runtime: &dyn Runtime,
         record: &mut InstanceRecord,
         server: &ServerHandle,
     ) -> Result<(), Stop> {
         let password = generate_password();
-        self.runtime.set_password(server, &password).await?;
-        record.dsn = self.runtime.dsn(server, &password);
+        runtime.set_password(server, &password).await?;
+        record.dsn = runtime.dsn(server, &password);
         record.password = password;
         record.server = Some(server.clone());
         record.status = InstanceStatus::Running;
@@ -753,7 +808,13 @@ impl Engine {
     }
 
     /// A new instance of a cached state.
-    async fn start_instance(&self, state: &str, job_id: &str) -> Result<InstanceRecord, Stop> {
+    async fn start_instance(
+        &self,
+        rt: &Selected,
+        state: &str,
+        job_id: &str,
+    ) -> Result<InstanceRecord, Stop> {
+        let runtime = rt.runtime.as_ref();
         let mut record = InstanceRecord {
             id: random_id(),
             state_id: state.into(),
@@ -763,13 +824,13 @@ impl Engine {
             dsn: String::new(),
             created_at_ms: now_ms(),
             job_id: job_id.into(),
-            runtime: self.runtime.info().kind.into(),
+            runtime: runtime.info().kind.into(),
+            image: rt.image.clone(),
         };
         self.index.put_instance(&record)?;
         let result = async {
             self.clone_into_instance(state, &record.id)?;
-            let server = self
-                .runtime
+            let server = runtime
                 .start(
                     &self.store.instance_data(&record.id),
                     &self.store.instance_run(&record.id),
@@ -777,7 +838,7 @@ impl Engine {
                 )
                 .await?;
             record.server = Some(server.clone());
-            self.hand_out(&mut record, &server).await
+            self.hand_out(runtime, &mut record, &server).await
         }
         .await;
         match result {
@@ -791,9 +852,13 @@ impl Engine {
 
     /// Stops an instance's server and removes its files and record.
     async fn discard_instance(&self, record: &InstanceRecord) {
-        if let Some(server) = &record.server
-            && self.runtime.is_running(server)
-            && let Err(e) = self.runtime.stop(server).await
+        let runtime = self
+            .runtimes
+            .for_instance(&record.runtime, &record.image)
+            .await;
+        if let (Some(server), Ok(rt)) = (&record.server, &runtime)
+            && rt.runtime.is_running(server)
+            && let Err(e) = rt.runtime.stop(server).await
         {
             tracing::warn!(instance = %record.id, "stopping the server failed: {e}");
         }
@@ -877,10 +942,15 @@ impl Engine {
             return None;
         }
         let server = inst.server.as_ref()?;
-        if !self.runtime.is_running(server) {
+        let rt = self
+            .runtimes
+            .for_instance(&inst.runtime, &inst.image)
+            .await
+            .ok()?;
+        if !rt.runtime.is_running(server) {
             return None;
         }
-        match self.runtime.connection_count(server).await {
+        match rt.runtime.connection_count(server).await {
             Ok(0) | Err(_) => None,
             Ok(n) => Some(format!("{n} open connection(s); close them or use --force")),
         }
@@ -1061,31 +1131,30 @@ impl Engine {
         }
         let mut known = HashSet::new();
         for mut inst in self.index.instances()? {
-            let alive = inst
-                .server
-                .as_ref()
-                .is_some_and(|s| self.runtime.is_running(s));
             let data = self.store.instance_data(&inst.id);
             if inst.status == InstanceStatus::Building || !data.is_dir() {
                 self.discard_instance(&inst).await;
                 continue;
             }
             known.insert(inst.id.clone());
-            if alive {
+            let rt = match self.runtimes.for_instance(&inst.runtime, &inst.image).await {
+                Ok(rt) => rt.runtime,
+                Err(e) => {
+                    tracing::warn!(instance = %inst.id, "its runtime is unavailable: {e}");
+                    inst.status = InstanceStatus::Stopped;
+                    self.index.put_instance(&inst)?;
+                    continue;
+                }
+            };
+            if inst.server.as_ref().is_some_and(|s| rt.is_running(s)) {
                 continue;
             }
-            match self
-                .runtime
-                .start(
-                    &data,
-                    &self.store.instance_run(&inst.id),
-                    &Self::server_options(),
-                )
-                .await
-            {
+            // The server (or its container) is gone: start it again on its data.
+            let run = self.store.instance_run(&inst.id);
+            match rt.start(&data, &run, &Self::server_options()).await {
                 Ok(server) => {
-                    self.runtime.set_password(&server, &inst.password).await?;
-                    inst.dsn = self.runtime.dsn(&server, &inst.password);
+                    rt.set_password(&server, &inst.password).await?;
+                    inst.dsn = rt.dsn(&server, &inst.password);
                     inst.server = Some(server);
                     inst.status = InstanceStatus::Running;
                 }
@@ -1095,6 +1164,13 @@ impl Engine {
                 }
             }
             self.index.put_instance(&inst)?;
+        }
+        // Containers labelled as this store's that no instance owns.
+        let known_ids: Vec<String> = known.iter().cloned().collect();
+        for docker in self.runtimes.connected_docker().await {
+            if let Err(e) = docker.remove_orphans(self.store.root(), &known_ids).await {
+                tracing::warn!("cannot clean orphaned containers: {e}");
+            }
         }
         let inst_dir = self.store.instances_dir();
         for e in std::fs::read_dir(&inst_dir)
@@ -1111,6 +1187,106 @@ impl Engine {
             }
         }
         Ok(())
+    }
+
+    /// Runs `psql` or `pgbench` inside a Docker instance's container: files
+    /// the arguments name (and, for psql, their includes and `\copy` data)
+    /// are mirrored where the container sees them; output is streamed to
+    /// `on_output`; returns the tool's exit code.
+    pub async fn exec(
+        &self,
+        req: ExecInput,
+        on_output: &mut (dyn FnMut(OutputStream, &[u8]) + Send),
+        cancel: &tokio_util::sync::CancellationToken,
+    ) -> Result<i32, EngineError> {
+        let inst = self.instance(&req.instance)?;
+        if inst.runtime != "docker" {
+            return Err(EngineError::InvalidRequest(format!(
+                "instance {} runs on the native runtime: run psql on the host against its DSN",
+                inst.id
+            )));
+        }
+        let server = inst.server.clone().ok_or_else(|| {
+            EngineError::InvalidRequest(format!("instance {} has no running server", inst.id))
+        })?;
+        let docker = self.runtimes.docker(&inst.image).await?;
+        let root = self.store.exec_dir(&format!("run-{}", random_id()));
+        let result = async {
+            let opts = self.mirror_run_inputs(&req, &root)?;
+            let mut cmd = vec![req.tool.clone()];
+            cmd.extend(docker.connection_args(&server));
+            match req.tool.as_str() {
+                "psql" => {
+                    cmd.extend(["-d".into(), "postgres".into()]);
+                    cmd.extend(req.args.iter().cloned());
+                }
+                "pgbench" => {
+                    cmd.extend(req.args.iter().cloned());
+                    cmd.push("postgres".into());
+                }
+                other => {
+                    return Err(EngineError::InvalidRequest(format!(
+                        "tool {other:?} cannot run in an instance: use psql or pgbench"
+                    )));
+                }
+            }
+            Ok(docker
+                .exec_stream(&server, cmd, &opts, on_output, cancel)
+                .await?)
+        }
+        .await;
+        let _ = std::fs::remove_dir_all(&root);
+        result
+    }
+
+    /// Copies the run's input files into a mirror tree under `root`.
+    fn mirror_run_inputs(&self, req: &ExecInput, root: &Path) -> Result<ExecOptions, EngineError> {
+        let mut files: Vec<PathBuf> = req
+            .args
+            .iter()
+            .flat_map(|a| arg_path_candidates(a))
+            .map(|p| req.cwd.join(p))
+            .filter(|p| p.is_file())
+            .collect();
+        if req.tool == "psql" {
+            // Includes and data files, where the arguments plan as steps.
+            let plan = planner::plan_psql(
+                &PsqlRequest {
+                    args: &req.args,
+                    cwd: &req.cwd,
+                    stdin: Some(&req.stdin),
+                },
+                None,
+            );
+            if let Ok(steps) = plan {
+                files.extend(
+                    steps
+                        .iter()
+                        .flat_map(|s| s.inputs.iter().map(|i| i.path.clone())),
+                );
+            }
+        }
+        let cwd = blobs::mirror_path(root, &req.cwd);
+        std::fs::create_dir_all(&cwd).map_err(io_err(&cwd))?;
+        for f in files {
+            let dst = blobs::mirror_path(root, &f);
+            if let Some(parent) = dst.parent() {
+                std::fs::create_dir_all(parent).map_err(io_err(parent))?;
+            }
+            std::fs::copy(&f, &dst).map_err(io_err(&f))?;
+        }
+        let stdin = if req.stdin.is_empty() {
+            None
+        } else {
+            let path = root.join("stdin");
+            std::fs::write(&path, &req.stdin).map_err(io_err(&path))?;
+            Some(path)
+        };
+        Ok(ExecOptions {
+            cwd: Some(cwd),
+            env: Vec::new(),
+            stdin,
+        })
     }
 
     /// Bytes held by states (as recorded) and blobs.
@@ -1155,6 +1331,21 @@ fn plan_failure(e: &planner::PlanError) -> JobFailure {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn arg_path_candidates_table() {
+        let cases: &[(&str, &[&str])] = &[
+            ("q.sql", &["q.sql"]),
+            ("-f", &[]),
+            ("-fq.sql", &["q.sql"]),
+            ("--file=q.sql", &["q.sql"]),
+            ("bench.sql@5", &["bench.sql@5", "bench.sql"]),
+            ("-c", &[]),
+        ];
+        for (arg, want) in cases {
+            assert_eq!(arg_path_candidates(arg), *want, "{arg}");
+        }
+    }
 
     #[test]
     fn prefix_resolution_table() {

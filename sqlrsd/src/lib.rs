@@ -12,6 +12,7 @@ pub mod jobs;
 pub mod model;
 pub mod planner;
 pub mod runtime;
+pub mod runtimes;
 pub mod service;
 pub mod snapshot;
 pub mod store;

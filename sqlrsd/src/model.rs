@@ -66,7 +66,11 @@ pub struct InstanceRecord {
     pub dsn: String,
     pub created_at_ms: u64,
     pub job_id: String,
+    /// Runtime kind that serves it: "native" or "docker".
     pub runtime: String,
+    /// Docker image, empty for native.
+    #[serde(default)]
+    pub image: String,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]

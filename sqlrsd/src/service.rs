@@ -10,10 +10,11 @@ use tokio::sync::{broadcast, watch};
 use tokio_stream::Stream;
 use tonic::{Code, Request, Response, Status};
 
-use crate::engine::{Engine, EngineError, PrepareInput, Removal};
+use crate::engine::{Engine, EngineError, ExecInput, PrepareInput, Removal};
 use crate::model::{
     EventKind, InstanceRecord, JobEvent, JobFailure, JobRecord, PlanView, StateRecord, TaskRecord,
 };
+use crate::runtime::docker::OutputStream;
 
 /// What the daemon says about itself.
 #[derive(Debug, Clone)]
@@ -111,6 +112,7 @@ fn prepare_input(r: pb::PrepareRequest) -> PrepareInput {
         cwd: r.cwd.into(),
         stdin: (!r.stdin.is_empty()).then_some(r.stdin),
         alias_path: (!r.alias_path.is_empty()).then(|| r.alias_path.into()),
+        image: (!r.image.is_empty()).then_some(r.image),
     }
 }
 
@@ -154,6 +156,7 @@ fn pb_instance(i: &InstanceRecord, data_dir: String) -> pb::Instance {
         pid: i.server.as_ref().map_or(0, |s| s.pid),
         job_id: i.job_id.clone(),
         data_dir,
+        image: i.image.clone(),
     }
 }
 
@@ -310,7 +313,7 @@ impl Sqlrs for Service {
     ) -> Result<Response<pb::StatusReply>, Status> {
         self.check(&req)?;
         let e = &self.engine;
-        let info = e.runtime.info();
+        let info = e.runtimes.default().runtime.info();
         let ix = |r: Result<usize, crate::index::IndexError>| {
             r.map(|n| n as u64)
                 .map_err(|e| Status::from(EngineError::from(e)))
@@ -327,6 +330,7 @@ impl Sqlrs for Service {
             instance_count: ix(e.index.instances().map(|v| v.len()))?,
             job_count: ix(e.index.jobs().map(|v| v.len()))?,
             server_user: info.server_user,
+            runtime_reason: e.runtimes.reason().into(),
         }))
     }
 
@@ -512,6 +516,56 @@ impl Sqlrs for Service {
             .delete_instance(&r.id, r.force, r.dry_run)
             .await?;
         Ok(Response::new(pb_removals(items, r.dry_run)))
+    }
+
+    type ExecStream = Pin<Box<dyn Stream<Item = Result<pb::ExecOutput, Status>> + Send>>;
+
+    async fn exec(
+        &self,
+        req: Request<pb::ExecRequest>,
+    ) -> Result<Response<Self::ExecStream>, Status> {
+        use pb::exec_output::Output;
+        self.check(&req)?;
+        let r = req.into_inner();
+        let input = ExecInput {
+            instance: r.instance_id,
+            tool: r.tool,
+            args: r.args,
+            cwd: r.cwd.into(),
+            stdin: r.stdin,
+        };
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let cancel = tokio_util::sync::CancellationToken::new();
+        // A client that goes away cancels its run.
+        let closed = tx.clone();
+        let on_close = cancel.clone();
+        tokio::spawn(async move {
+            closed.closed().await;
+            on_close.cancel();
+        });
+        let engine = self.engine.clone();
+        tokio::spawn(async move {
+            let out = tx.clone();
+            let mut on_output = move |stream: OutputStream, bytes: &[u8]| {
+                let output = match stream {
+                    OutputStream::Stdout => Output::Stdout(bytes.to_vec()),
+                    OutputStream::Stderr => Output::Stderr(bytes.to_vec()),
+                };
+                let _ = out.send(Ok(pb::ExecOutput {
+                    output: Some(output),
+                }));
+            };
+            let last = match engine.exec(input, &mut on_output, &cancel).await {
+                Ok(code) => Ok(pb::ExecOutput {
+                    output: Some(Output::ExitCode(code)),
+                }),
+                Err(e) => Err(Status::from(e)),
+            };
+            let _ = tx.send(last);
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::UnboundedReceiverStream::new(rx),
+        )))
     }
 
     async fn shutdown(

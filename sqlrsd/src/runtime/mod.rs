@@ -229,6 +229,12 @@ pub enum RuntimeError {
     #[error("psql was cancelled")]
     Cancelled,
 
+    #[error("no PostgreSQL runtime is usable: Docker: {docker}; native: {native}")]
+    NoRuntime { docker: String, native: String },
+
+    #[error("this needs the native runtime, which is unavailable: {0}")]
+    NativeUnavailable(String),
+
     #[error(
         "Docker is not reachable at {host}: {reason}: start dockerd or set DOCKER_HOST; \
          runtime = native avoids Docker"
