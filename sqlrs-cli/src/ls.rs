@@ -20,7 +20,10 @@ pub struct InstanceItem {
     pub dsn: String,
     pub port: u32,
     pub status: String,
+    /// "native" | "docker".
     pub runtime: String,
+    /// The Docker image; None on the native runtime.
+    pub image: Option<String>,
     pub pid: Option<u32>,
     pub job_id: Option<String>,
     pub data_dir: String,
@@ -89,6 +92,7 @@ impl From<&Instance> for InstanceItem {
             port: i.port,
             status: i.status.clone(),
             runtime: i.runtime.clone(),
+            image: some_text(&i.image),
             pid: (i.pid != 0).then_some(i.pid),
             job_id: some_text(&i.job_id),
             data_dir: i.data_dir.clone(),
@@ -148,13 +152,22 @@ impl From<&Task> for TaskItem {
     }
 }
 
+/// `native`, or `docker:<image>` for a server in a container.
+fn runtime_cell(i: &Instance) -> String {
+    match (i.runtime.as_str(), i.image.as_str()) {
+        (runtime, "") => runtime.to_owned(),
+        (runtime, image) => format!("{runtime}:{image}"),
+    }
+}
+
 fn instances_table(instances: &[Instance], now: u64) -> String {
     render::table(
-        ["ID", "STATE", "DSN", "PORT", "STATUS", "CREATED"],
+        ["ID", "STATE", "RUNTIME", "DSN", "PORT", "STATUS", "CREATED"],
         instances.iter().map(|i| {
             [
                 short(&i.id, SHORT_ID).to_owned(),
                 short(&i.state_id, SHORT_ID).to_owned(),
+                runtime_cell(i),
                 i.dsn.clone(),
                 i.port.to_string(),
                 i.status.clone(),
@@ -367,10 +380,20 @@ aaaaaaaaaaaa          base PostgreSQL 15     38.0 MiB  created 1h ago   used -
             data_dir: "/s/instances/0123".into(),
             image: String::new(),
         };
+        let docker = Instance {
+            id: "abcdef0123456789".into(),
+            runtime: "docker".into(),
+            image: "postgres:17".into(),
+            dsn: "postgres://sqlrs:pw@127.0.0.1:5432/postgres".into(),
+            port: 5432,
+            pid: 0,
+            ..instance.clone()
+        };
         assert_eq!(
-            instances_table(&[instance], NOW),
-            "ID            STATE         DSN                                           PORT   STATUS   CREATED\n\
-             0123456789ab  fedcba987654  postgres://sqlrs:pw@127.0.0.1:54321/postgres  54321  running  3m ago"
+            instances_table(&[instance, docker], NOW),
+            "ID            STATE         RUNTIME             DSN                                           PORT   STATUS   CREATED\n\
+             0123456789ab  fedcba987654  native              postgres://sqlrs:pw@127.0.0.1:54321/postgres  54321  running  3m ago\n\
+             abcdef012345  fedcba987654  docker:postgres:17  postgres://sqlrs:pw@127.0.0.1:5432/postgres   5432   running  3m ago"
         );
         let job = |id: &str, status: &str, finished: u64| Job {
             id: id.into(),
@@ -465,7 +488,23 @@ aaaaaaaaaaaa          base PostgreSQL 15     38.0 MiB  created 1h ago   used -
                 .unwrap(),
                 serde_json::json!({
                     "id": "i", "state_id": "s", "dsn": "postgres://x", "port": 5, "status": "running",
-                    "runtime": "native", "pid": null, "job_id": "j", "data_dir": "/d", "created_at_ms": 7,
+                    "runtime": "native", "image": null, "pid": null, "job_id": "j", "data_dir": "/d",
+                    "created_at_ms": 7,
+                }),
+            ),
+            (
+                serde_json::to_value(InstanceItem::from(&Instance {
+                    id: "i".into(),
+                    runtime: "docker".into(),
+                    image: "sqlrs/postgres:15".into(),
+                    pid: 12,
+                    ..Default::default()
+                }))
+                .unwrap(),
+                serde_json::json!({
+                    "id": "i", "state_id": "", "dsn": "", "port": 0, "status": "",
+                    "runtime": "docker", "image": "sqlrs/postgres:15", "pid": 12, "job_id": null,
+                    "data_dir": "", "created_at_ms": 0,
                 }),
             ),
             (

@@ -13,6 +13,7 @@ use crate::render;
 struct StatusView {
     daemon: Option<DaemonInfo>,
     runtime: String,
+    runtime_reason: String,
     engine: String,
     server_user: String,
     snapshotter: String,
@@ -29,6 +30,7 @@ impl StatusView {
         StatusView {
             daemon: s.daemon.as_ref().map(|h| DaemonInfo::new(h, now_ms)),
             runtime: s.runtime.clone(),
+            runtime_reason: s.runtime_reason.clone(),
             engine: s.engine.clone(),
             server_user: s.server_user.clone(),
             snapshotter: s.snapshotter.clone(),
@@ -55,15 +57,13 @@ impl StatusView {
             ));
             rows.push(("socket", format!("{} (protocol {})", d.socket, d.protocol)));
         }
-        rows.push(("runtime", format!("{}: {}", self.runtime, self.engine)));
+        rows.push(("runtime", with_reason(&self.runtime, &self.runtime_reason)));
+        rows.push(("engine", self.engine.clone()));
         rows.push(("server user", self.server_user.clone()));
-        // The reason may already start with the snapshotter's name.
-        let reason = self.snapshotter_reason.as_str();
-        let snapshotter = match reason.strip_prefix(self.snapshotter.as_str()) {
-            Some(rest) if rest.starts_with(':') => reason.to_owned(),
-            _ => format!("{} ({reason})", self.snapshotter),
-        };
-        rows.push(("snapshotter", snapshotter));
+        rows.push((
+            "snapshotter",
+            with_reason(&self.snapshotter, &self.snapshotter_reason),
+        ));
         rows.push((
             "store",
             format!("{} ({})", self.store_path, render::size(self.store_bytes)),
@@ -83,6 +83,15 @@ impl StatusView {
             .map(|(k, v)| format!("{k:width$}  {v}"))
             .collect::<Vec<_>>()
             .join("\n")
+    }
+}
+
+/// `name (reason)`, or the reason alone when it already starts with `name:`.
+fn with_reason(name: &str, reason: &str) -> String {
+    match reason.strip_prefix(name) {
+        _ if reason.is_empty() => name.to_owned(),
+        Some(rest) if rest.starts_with(':') => reason.to_owned(),
+        _ => format!("{name} ({reason})"),
     }
 }
 
@@ -131,7 +140,8 @@ mod tests {
             view.text(),
             "daemon       sqlrsd 0.1.0, pid 42, up 2m05s\n\
              socket       /run/sqlrs/sqlrsd.sock (protocol 1)\n\
-             runtime      native: PostgreSQL 15.18 (/usr/lib/postgresql/15/bin)\n\
+             runtime      native: runtime.kind = native in the config\n\
+             engine       PostgreSQL 15.18 (/usr/lib/postgresql/15/bin)\n\
              server user  postgres\n\
              snapshotter  copy (ext4 has no reflinks or subvolumes)\n\
              store        /var/lib/sqlrs (3.0 GiB)\n\
@@ -146,13 +156,33 @@ mod tests {
             "{}",
             prefixed.text()
         );
+        let mut docker = StatusView::new(&reply, 125_000);
+        docker.runtime = "docker".into();
+        docker.runtime_reason = "Docker answers at unix:///d.sock and has image pg:17".into();
+        assert!(
+            docker.text().contains(
+                "\nruntime      docker (Docker answers at unix:///d.sock and has image pg:17)\n"
+            ),
+            "{}",
+            docker.text()
+        );
+        docker.runtime_reason = String::new();
+        assert!(
+            docker.text().contains("\nruntime      docker\n"),
+            "{}",
+            docker.text()
+        );
         let json = serde_json::to_value(&view).unwrap();
         assert_eq!(json["daemon"]["uptime_s"], 125);
         assert_eq!(
             json["snapshotter_reason"],
             "ext4 has no reflinks or subvolumes"
         );
+        assert_eq!(
+            json["runtime_reason"],
+            "native: runtime.kind = native in the config"
+        );
         assert_eq!(json["store_bytes"], 3u64 << 30);
-        assert_eq!(json.as_object().unwrap().len(), 11);
+        assert_eq!(json.as_object().unwrap().len(), 12);
     }
 }
