@@ -1,13 +1,13 @@
 //! Raw command-line handling that clap cannot do: splitting the composite
 //! `prepare … run …` into its two commands, and reading psql's own options
-//! (which of them take a value, whether a script comes from stdin).
+//! (which of them take a value, where its scripts come from).
 
 /// Commands after which a composite `run` may follow.
 const PREPARE_COMMANDS: &[&str] = &["prepare", "prepare:psql"];
 /// Tokens that start the run half of a composite.
-const RUN_COMMANDS: &[&str] = &["run", "run:psql"];
+const RUN_COMMANDS: &[&str] = &["run", "run:psql", "run:pgbench"];
 /// sqlrs options (before `--`) whose value is the next token.
-const SQLRS_VALUE_OPTIONS: &[&str] = &["--output"];
+const SQLRS_VALUE_OPTIONS: &[&str] = &["--output", "--image"];
 /// psql short options that take a value (from psql's getopt string).
 const PSQL_SHORT_VALUE: &str = "cdfFhLopPRTUv";
 /// psql long options that take a value.
@@ -37,9 +37,10 @@ pub struct Split {
     pub run: Option<Vec<String>>,
 }
 
-/// Splits `sqlrs … prepare[:psql] ARGS run[:psql] ARGS` in two. The separator
-/// is the first bare `run` / `run:psql` token after the prepare command that
-/// is not the value of an option (`-f run` names a file called `run`).
+/// Splits `sqlrs … prepare[:psql] ARGS run[:psql|:pgbench] ARGS` in two. The
+/// separator is the first bare `run` / `run:psql` / `run:pgbench` token after
+/// the prepare command that is not the value of an option (`-f run` names a
+/// file called `run`).
 pub fn split_composite(argv: &[String]) -> Split {
     let whole = || Split {
         head: argv.to_vec(),
@@ -110,34 +111,86 @@ fn short_value(token: &str) -> Option<(char, Option<&str>)> {
     Some((option, (!rest.is_empty()).then_some(rest)))
 }
 
-/// Whether psql arguments read a script from stdin (`-f -`, `--file=-`…).
-pub fn reads_stdin(args: &[String]) -> bool {
+/// Where one of psql's scripts comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Script<'a> {
+    /// `-c SQL` / `--command=SQL`.
+    Command,
+    /// `-f FILE` / `--file=FILE`; `-` is stdin.
+    File(Option<&'a str>),
+}
+
+/// The scripts psql arguments name (`-c`, `-f`), in order.
+fn scripts(args: &[String]) -> Vec<Script<'_>> {
+    let mut found = Vec::new();
     let mut i = 0;
     while i < args.len() {
         let token = args[i].as_str();
         let next = args.get(i + 1).map(String::as_str);
-        let (file, value) = match (short_value(token), token.strip_prefix("--")) {
-            (Some((option, Some(attached))), _) => (option == 'f', Some(attached)),
+        let (option, value) = match (short_value(token), token.strip_prefix("--")) {
+            (Some((option, Some(attached))), _) => (Some(option), Some(attached)),
             (Some((option, None)), _) => {
                 i += 1;
-                (option == 'f', next)
+                (Some(option), next)
             }
             (None, Some(long)) => match long.split_once('=') {
-                Some((name, value)) => (name == "file", Some(value)),
+                Some((name, value)) => (long_as_short(name), Some(value)),
                 None if PSQL_LONG_VALUE.contains(&long) => {
                     i += 1;
-                    (long == "file", next)
+                    (long_as_short(long), next)
                 }
-                None => (false, None),
+                None => (None, None),
             },
-            (None, None) => (false, None),
+            (None, None) => (None, None),
         };
-        if file && value == Some("-") {
-            return true;
+        match option {
+            Some('c') => found.push(Script::Command),
+            Some('f') => found.push(Script::File(value)),
+            _ => {}
         }
         i += 1;
     }
-    false
+    found
+}
+
+/// `command` and `file` as their short letters.
+fn long_as_short(long: &str) -> Option<char> {
+    match long {
+        "command" => Some('c'),
+        "file" => Some('f'),
+        _ => None,
+    }
+}
+
+/// Whether psql arguments read a script from stdin (`-f -`, `--file=-`…).
+pub fn reads_stdin(args: &[String]) -> bool {
+    scripts(args).contains(&Script::File(Some("-")))
+}
+
+/// What a psql run does with its standard input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StdinUse {
+    /// Nothing: the scripts come from `-c` / `-f FILE` (and pgbench never reads it).
+    Ignored,
+    /// Its whole content is the script: `-f -`, or no `-c`/`-f` with stdin
+    /// not a terminal (`psql < script.sql`, `echo … | psql`).
+    Script,
+    /// An interactive session: no `-c`/`-f` and stdin is a terminal.
+    Interactive,
+}
+
+/// What psql with `args` does with a stdin that is (or is not) a terminal.
+pub fn psql_stdin(args: &[String], stdin_is_terminal: bool) -> StdinUse {
+    let scripts = scripts(args);
+    if scripts.contains(&Script::File(Some("-"))) {
+        StdinUse::Script
+    } else if !scripts.is_empty() {
+        StdinUse::Ignored
+    } else if stdin_is_terminal {
+        StdinUse::Interactive
+    } else {
+        StdinUse::Script
+    }
 }
 
 #[cfg(test)]
@@ -216,10 +269,25 @@ mod tests {
                 "sqlrs --output prepare ls",
                 None,
             ),
-            // run:pgbench is not a composite separator.
             (
-                "sqlrs prepare:psql -- -f a.sql run:pgbench",
-                "sqlrs prepare:psql -- -f a.sql run:pgbench",
+                "sqlrs prepare:psql -- -f a.sql run:pgbench -- -c 4 -T 10",
+                "sqlrs prepare:psql -- -f a.sql",
+                Some("run:pgbench -- -c 4 -T 10"),
+            ),
+            (
+                "sqlrs prepare db --image pg:17 run:pgbench -- -S",
+                "sqlrs prepare db --image pg:17",
+                Some("run:pgbench -- -S"),
+            ),
+            // `--image run` names an image called `run`.
+            (
+                "sqlrs prepare:psql --image run -- -f a.sql run q",
+                "sqlrs prepare:psql --image run -- -f a.sql",
+                Some("run q"),
+            ),
+            (
+                "sqlrs prepare:psql -- -f run:pgbench",
+                "sqlrs prepare:psql -- -f run:pgbench",
                 None,
             ),
             ("sqlrs", "sqlrs", None),
@@ -254,6 +322,39 @@ mod tests {
         ];
         for (args, want) in cases {
             assert_eq!(reads_stdin(&words(args)), want, "{args}");
+        }
+    }
+
+    #[test]
+    fn psql_stdin_table() {
+        use StdinUse::{Ignored, Interactive, Script};
+        // (args, what psql does with stdin when it is a pipe, and when a terminal)
+        let cases = [
+            ("", Script, Interactive),
+            ("-X -v x=1 -1", Script, Interactive),
+            ("-f -", Script, Script),
+            ("-f a.sql -f -", Script, Script),
+            ("--file=-", Script, Script),
+            ("-c select", Ignored, Ignored),
+            ("--command select", Ignored, Ignored),
+            ("--command=select", Ignored, Ignored),
+            ("-Xc select", Ignored, Ignored),
+            ("-f a.sql", Ignored, Ignored),
+            ("-fa.sql", Ignored, Ignored),
+            ("--file a.sql -v x=1", Ignored, Ignored),
+            // Values of other options are not scripts.
+            ("-v -f -o out.txt", Script, Interactive),
+            ("--set=c=1", Script, Interactive),
+        ];
+        for (args, piped, terminal) in cases {
+            assert_eq!(
+                (
+                    psql_stdin(&words(args), false),
+                    psql_stdin(&words(args), true)
+                ),
+                (piped, terminal),
+                "{args}"
+            );
         }
     }
 }

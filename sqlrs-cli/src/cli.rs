@@ -9,15 +9,15 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
     about = "Fresh PostgreSQL databases in a known state, built once and cloned in milliseconds.",
     after_help = "\
 Composite: `sqlrs prepare:psql -- <prepare args> run:psql -- <run args>` (or
-`sqlrs prepare NAME run NAME2`) prepares an instance, runs against it, deletes it,
-and exits with psql's exit code.
+`run:pgbench -- <args>`, or `sqlrs prepare NAME run NAME2`) prepares an instance,
+runs against it, deletes it, and exits with the tool's exit code.
 
 Exit codes: 0 ok, 1 error, 2 usage error, 3 job failed, 130 cancelled;
-run:psql exits with psql's own code.
+run:psql and run:pgbench exit with the tool's own code.
 
 Environment: XDG_CONFIG_HOME, XDG_STATE_HOME, XDG_RUNTIME_DIR place the daemon's
 files; SQLRSD_BIN names the daemon binary; SQLRS_PSQL / SQLRS_PGBENCH name the
-client binaries run:psql and pgbench run aliases use."
+host client binaries run:psql and run:pgbench use for native instances."
 )]
 pub struct Cli {
     /// Result format on stdout.
@@ -61,6 +61,8 @@ pub enum Command {
     /// Build (or reuse) the state psql's scripts make and start an instance of it; prints DSN=…
     #[command(name = "prepare:psql")]
     PreparePsql {
+        #[command(flatten)]
+        engine: EngineArgs,
         /// psql arguments: -f FILE, -c SQL, -f - (stdin), -v NAME=VALUE, -1.
         #[arg(last = true, required = true, value_name = "PSQL ARGS")]
         args: Vec<String>,
@@ -69,10 +71,15 @@ pub enum Command {
     Prepare {
         /// Alias name (or a path to its file).
         name: String,
+        /// Overrides the alias file's `image:`.
+        #[command(flatten)]
+        engine: EngineArgs,
     },
     /// Show the steps a prepare would take, their state ids and which are cached.
     #[command(name = "plan:psql")]
     PlanPsql {
+        #[command(flatten)]
+        engine: EngineArgs,
         #[arg(last = true, required = true, value_name = "PSQL ARGS")]
         args: Vec<String>,
     },
@@ -80,9 +87,22 @@ pub enum Command {
     Plan {
         /// Alias name (or a path to its file).
         name: String,
+        #[command(flatten)]
+        engine: EngineArgs,
     },
-    /// Run the host psql against an instance: `psql <DSN> <psql args>`; exits with psql's code.
-    #[command(name = "run:psql")]
+    /// Run psql against an instance; exits with psql's code.
+    #[command(
+        name = "run:psql",
+        long_about = "Run psql against an instance; exits with psql's code.\n\n\
+Native instances: the host psql runs as `psql <DSN> <psql args>` with your terminal.\n\n\
+Docker instances: psql runs inside the instance's container (no psql needed on the host); \
+files the arguments name are made visible there, output streams back live, and Ctrl-C \
+stops the run (exit 130). There is no terminal in the container, so psql gets stdin only \
+as a script: all of stdin is sent when an argument is `-f -`, or when there is no -c/-f \
+at all and stdin is not a terminal (`sqlrs run:psql --instance ID < q.sql`); otherwise \
+none is sent. An interactive session (no -c/-f, stdin a terminal) needs a host psql: \
+connect it to the instance's DSN."
+    )]
     RunPsql {
         /// Instance id or a unique prefix of it (not used after prepare in a composite).
         #[arg(long)]
@@ -90,7 +110,23 @@ pub enum Command {
         #[arg(last = true, value_name = "PSQL ARGS")]
         args: Vec<String>,
     },
-    /// Run the alias NAME.run.s9s.yaml against an instance, in the alias file's folder.
+    /// Run pgbench against an instance; exits with pgbench's code.
+    #[command(
+        name = "run:pgbench",
+        long_about = "Run pgbench against an instance; exits with pgbench's code.\n\n\
+Native instances: the host pgbench runs as `pgbench <pgbench args> <DSN>`.\n\n\
+Docker instances: pgbench runs inside the instance's container (none needed on the host); \
+files the arguments name (-f script.sql[@weight]) are made visible there, output streams \
+back live, Ctrl-C stops the run (exit 130). No stdin is sent."
+    )]
+    RunPgbench {
+        /// Instance id or a unique prefix of it (not used after prepare in a composite).
+        #[arg(long)]
+        instance: Option<String>,
+        #[arg(last = true, value_name = "PGBENCH ARGS")]
+        args: Vec<String>,
+    },
+    /// Run the alias NAME.run.s9s.yaml (psql or pgbench) against an instance, in the alias file's folder.
     Run {
         /// Alias name (or a path to its file).
         name: String,
@@ -116,6 +152,14 @@ pub enum Command {
     },
     /// Make the current folder a sqlrs workspace (creates .sqlrs/); safe to repeat.
     Init,
+}
+
+/// Which engine a prepare or plan uses.
+#[derive(Debug, Clone, Default, Args)]
+pub struct EngineArgs {
+    /// Run the engine in Docker with this image (its digest is part of the state identity).
+    #[arg(long, value_name = "IMAGE")]
+    pub image: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -177,7 +221,27 @@ mod tests {
         let ok = [
             (
                 "sqlrs prepare:psql -- -f a.sql",
-                "PreparePsql { args: [\"-f\", \"a.sql\"] }",
+                "PreparePsql { engine: EngineArgs { image: None }, args: [\"-f\", \"a.sql\"] }",
+            ),
+            (
+                "sqlrs prepare:psql --image postgres:17 -- -f a.sql",
+                "PreparePsql { engine: EngineArgs { image: Some(\"postgres:17\") }, args: [\"-f\", \"a.sql\"] }",
+            ),
+            (
+                "sqlrs plan:psql --image=pg -- -f a.sql",
+                "PlanPsql { engine: EngineArgs { image: Some(\"pg\") }, args: [\"-f\", \"a.sql\"] }",
+            ),
+            (
+                "sqlrs prepare db --image pg",
+                "Prepare { name: \"db\", engine: EngineArgs { image: Some(\"pg\") } }",
+            ),
+            (
+                "sqlrs plan db",
+                "Plan { name: \"db\", engine: EngineArgs { image: None } }",
+            ),
+            (
+                "sqlrs run:pgbench --instance abc -- -c 4 -T 10",
+                "RunPgbench { instance: Some(\"abc\"), args: [\"-c\", \"4\", \"-T\", \"10\"] }",
             ),
             (
                 "sqlrs ls --tasks",
@@ -202,7 +266,9 @@ mod tests {
         for line in [
             "sqlrs prepare:psql -f a.sql",
             "sqlrs prepare:psql",
-            "sqlrs run:pgbench -- -c 1",
+            "sqlrs run:pgbench -c 1",
+            "sqlrs run:psql --image pg -- -c x",
+            "sqlrs prepare:psql --image -- -f a.sql",
             "sqlrs --output yaml ls",
         ] {
             let err = parse(line).unwrap_err();

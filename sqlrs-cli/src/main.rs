@@ -18,9 +18,9 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use crate::cli::{Cli, Command, Ctx, DaemonAction, Output};
+use crate::cli::{Cli, Command, Ctx, DaemonAction, EngineArgs, Output};
 use crate::error::{CliError, exit};
-use crate::prepare::Source;
+use crate::prepare::{Source, Spec};
 use crate::run::Target;
 
 fn main() -> ExitCode {
@@ -81,11 +81,18 @@ fn usage(message: impl Into<String>) -> anyhow::Error {
     CliError::Usage(message.into()).into()
 }
 
+fn spec(source: Source, engine: EngineArgs) -> Spec {
+    Spec {
+        source,
+        image: engine.image,
+    }
+}
+
 async fn dispatch(ctx: Ctx, command: Command, then: Option<Command>) -> anyhow::Result<u8> {
     if let Some(then) = then {
-        let source = match command {
-            Command::PreparePsql { args } => Source::Psql(args),
-            Command::Prepare { name } => Source::Alias(name),
+        let spec = match command {
+            Command::PreparePsql { engine, args } => spec(Source::Psql(args), engine),
+            Command::Prepare { name, engine } => spec(Source::Alias(name), engine),
             _ => return Err(usage("only prepare can be followed by run")),
         };
         let target = match then {
@@ -93,22 +100,26 @@ async fn dispatch(ctx: Ctx, command: Command, then: Option<Command>) -> anyhow::
                 instance: None,
                 args,
             } => Target::Psql(args),
+            Command::RunPgbench {
+                instance: None,
+                args,
+            } => Target::Pgbench(args),
             Command::Run {
                 name,
                 instance: None,
             } => Target::Alias(name),
-            Command::RunPsql { .. } | Command::Run { .. } => {
+            Command::RunPsql { .. } | Command::RunPgbench { .. } | Command::Run { .. } => {
                 return Err(usage(
                     "--instance has no place after prepare: the run uses the instance prepare makes",
                 ));
             }
             _ => {
                 return Err(usage(
-                    "after prepare's arguments only `run:psql -- …` or `run NAME` may follow",
+                    "after prepare's arguments only `run:psql -- …`, `run:pgbench -- …` or `run NAME` may follow",
                 ));
             }
         };
-        return run::composite(ctx, &source, &target).await;
+        return run::composite(ctx, &spec, &target).await;
     }
     let need_instance = || {
         usage(
@@ -116,12 +127,23 @@ async fn dispatch(ctx: Ctx, command: Command, then: Option<Command>) -> anyhow::
         )
     };
     match command {
-        Command::PreparePsql { args } => prepare::prepare(ctx, &Source::Psql(args)).await,
-        Command::Prepare { name } => prepare::prepare(ctx, &Source::Alias(name)).await,
-        Command::PlanPsql { args } => prepare::plan(ctx, &Source::Psql(args)).await,
-        Command::Plan { name } => prepare::plan(ctx, &Source::Alias(name)).await,
+        Command::PreparePsql { engine, args } => {
+            prepare::prepare(ctx, &spec(Source::Psql(args), engine)).await
+        }
+        Command::Prepare { name, engine } => {
+            prepare::prepare(ctx, &spec(Source::Alias(name), engine)).await
+        }
+        Command::PlanPsql { engine, args } => {
+            prepare::plan(ctx, &spec(Source::Psql(args), engine)).await
+        }
+        Command::Plan { name, engine } => {
+            prepare::plan(ctx, &spec(Source::Alias(name), engine)).await
+        }
         Command::RunPsql { instance, args } => {
             run::run(&Target::Psql(args), &instance.ok_or_else(need_instance)?).await
+        }
+        Command::RunPgbench { instance, args } => {
+            run::run(&Target::Pgbench(args), &instance.ok_or_else(need_instance)?).await
         }
         Command::Run { name, instance } => {
             run::run(&Target::Alias(name), &instance.ok_or_else(need_instance)?).await

@@ -13,7 +13,7 @@ use sqlrs_proto::pb::{JobRef, PlanReply, PrepareRequest};
 use crate::argv::reads_stdin;
 use crate::cli::Ctx;
 use crate::daemon;
-use crate::error::{exit, reply};
+use crate::error::{CliError, exit, reply};
 use crate::job::{self, OnInterrupt, Outcome};
 use crate::render;
 
@@ -26,9 +26,27 @@ pub enum Source {
     Alias(String),
 }
 
-/// The request for `source`, run from `cwd`; reads stdin when a script comes from it.
-fn request(source: &Source, cwd: &Path) -> anyhow::Result<PrepareRequest> {
-    let (kind, args, alias_path) = match source {
+/// What to prepare: where the steps come from and which engine runs them.
+#[derive(Debug, Clone)]
+pub struct Spec {
+    pub source: Source,
+    /// Docker image of the engine (`--image`); None: the alias file's
+    /// `image:`, else the configured runtime.
+    pub image: Option<String>,
+}
+
+/// The request for `spec`, run from `cwd`; reads stdin when a script comes from it.
+fn request(spec: &Spec, cwd: &Path) -> anyhow::Result<PrepareRequest> {
+    let image = match spec.image.as_deref().map(str::trim) {
+        Some("") => {
+            return Err(CliError::Usage(
+                "--image needs an image name, e.g. `--image postgres:17`".into(),
+            )
+            .into());
+        }
+        image => image.unwrap_or_default().to_owned(),
+    };
+    let (kind, args, alias_path) = match &spec.source {
         Source::Psql(args) => ("psql".to_owned(), args.clone(), None),
         Source::Alias(name) => {
             let path = alias::find(cwd, name, AliasRole::Prepare)?;
@@ -58,7 +76,7 @@ fn request(source: &Source, cwd: &Path) -> anyhow::Result<PrepareRequest> {
         alias_path: alias_path
             .map(|p| p.to_string_lossy().into_owned())
             .unwrap_or_default(),
-        image: String::new(),
+        image,
     })
 }
 
@@ -67,15 +85,15 @@ fn current_dir() -> anyhow::Result<PathBuf> {
 }
 
 /// Starts a prepare job and follows it to its end.
-pub async fn start(client: &mut Client, ctx: Ctx, source: &Source) -> anyhow::Result<Outcome> {
-    let request = request(source, &current_dir()?)?;
+pub async fn start(client: &mut Client, ctx: Ctx, spec: &Spec) -> anyhow::Result<Outcome> {
+    let request = request(spec, &current_dir()?)?;
     let stream = reply(client.prepare(request).await)?;
     job::follow(client, stream, ctx, OnInterrupt::Ask).await
 }
 
-pub async fn prepare(ctx: Ctx, source: &Source) -> anyhow::Result<u8> {
+pub async fn prepare(ctx: Ctx, spec: &Spec) -> anyhow::Result<u8> {
     let mut conn = daemon::connect(true).await?;
-    let outcome = start(&mut conn.client, ctx, source).await?;
+    let outcome = start(&mut conn.client, ctx, spec).await?;
     job::report(ctx, &outcome)
 }
 
@@ -89,8 +107,8 @@ pub async fn watch(ctx: Ctx, job_id: &str) -> anyhow::Result<u8> {
     job::report(ctx, &outcome)
 }
 
-pub async fn plan(ctx: Ctx, source: &Source) -> anyhow::Result<u8> {
-    let request = request(source, &current_dir()?)?;
+pub async fn plan(ctx: Ctx, spec: &Spec) -> anyhow::Result<u8> {
+    let request = request(spec, &current_dir()?)?;
     let mut conn = daemon::connect(true).await?;
     let plan = reply(conn.client.plan(request).await)?;
     if ctx.json() {
@@ -221,35 +239,61 @@ mod tests {
         )
         .unwrap();
 
-        let psql = request(&Source::Psql(vec!["-f".into(), "a.sql".into()]), dir).unwrap();
+        let spec = |source, image: Option<&str>| Spec {
+            source,
+            image: image.map(String::from),
+        };
+        let psql = request(
+            &spec(Source::Psql(vec!["-f".into(), "a.sql".into()]), None),
+            dir,
+        )
+        .unwrap();
         assert_eq!(
             (
                 psql.kind.as_str(),
                 psql.args.as_slice(),
                 psql.cwd.as_str(),
-                psql.alias_path.as_str()
+                psql.alias_path.as_str(),
+                psql.image.as_str()
             ),
             (
                 "psql",
                 ["-f".to_owned(), "a.sql".to_owned()].as_slice(),
                 dir.to_str().unwrap(),
+                "",
                 ""
             )
         );
-        let aliased = request(&Source::Alias("db".into()), dir).unwrap();
+        let imaged = request(
+            &spec(
+                Source::Psql(vec!["-c".into(), "x".into()]),
+                Some("postgres:17"),
+            ),
+            dir,
+        )
+        .unwrap();
+        assert_eq!(imaged.image, "postgres:17");
+        let aliased = request(&spec(Source::Alias("db".into()), Some("pg:16")), dir).unwrap();
         assert_eq!(
-            aliased.alias_path,
-            dir.join("db.prep.s9s.yaml").to_str().unwrap()
+            (aliased.alias_path.as_str(), aliased.image.as_str()),
+            (dir.join("db.prep.s9s.yaml").to_str().unwrap(), "pg:16")
         );
         assert!(aliased.args.is_empty());
-        let err = request(&Source::Alias("bad".into()), dir)
+        let err = request(
+            &spec(Source::Psql(vec!["-c".into(), "x".into()]), Some(" ")),
+            dir,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("--image needs an image name"), "{err}");
+        let err = request(&spec(Source::Alias("bad".into()), None), dir)
             .unwrap_err()
             .to_string();
         assert!(
             err.contains("kind `pgbench` is not a prepare kind"),
             "{err}"
         );
-        let err = request(&Source::Alias("none".into()), dir)
+        let err = request(&spec(Source::Alias("none".into()), None), dir)
             .unwrap_err()
             .to_string();
         assert!(err.contains("none.prep.s9s.yaml"), "{err}");
