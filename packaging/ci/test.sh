@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # The whole sqlrs test suite on a fresh Debian machine, as root: installs what
-# the tests need, builds, makes the btrfs and XFS test filesystems, then runs
-# rustfmt, clippy and every test (unit, integration and end-to-end).
+# the tests need, builds, makes the btrfs and XFS test filesystems, starts a
+# private Docker daemon with an offline PostgreSQL image, then runs rustfmt,
+# clippy and every test (unit, integration and end-to-end).
 #
 #   bash packaging/ci/test.sh            (what `.ci/run` calls)
 #
 # Environment: SQLRS_CI_FS_DIR overrides where the test filesystems are mounted
 # (default <repo>/.build/fs, or /tmp/sqlrs-ci-fs when the `postgres` account
-# cannot reach the repository, e.g. a clone under /root).
+# cannot reach the repository, e.g. a clone under /root); SQLRS_CI_DOCKER_DIR
+# where the private dockerd keeps its socket and data (default <repo>/.build/docker,
+# or /tmp/sqlrs-ci-docker when that path is too long for a socket).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -26,8 +29,8 @@ export RUST_BACKTRACE="${RUST_BACKTRACE:-1}"
 section "system packages"
 # postgresql: server binaries for the native runtime; postgresql-client: psql;
 # btrfs-progs / xfsprogs: the snapshot backends' test filesystems;
-# gcc + libc6-dev: the linker rustc needs.
-PACKAGES=(postgresql postgresql-client btrfs-progs xfsprogs gcc libc6-dev ca-certificates curl)
+# docker.io: the Docker runtime's tests; gcc + libc6-dev: the linker rustc needs.
+PACKAGES=(postgresql postgresql-client btrfs-progs xfsprogs docker.io gcc libc6-dev ca-certificates curl)
 missing=()
 for p in "${PACKAGES[@]}"; do
     if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then
@@ -102,6 +105,31 @@ SQLRS_TEST_XFS="$(sed -n 's/^SQLRS_TEST_XFS=//p' <<<"$fs_vars" | tail -n1)"
 [ -n "$SQLRS_TEST_XFS" ] || die "packaging/ci/btrfs-image.sh printed no SQLRS_TEST_XFS=..."
 export SQLRS_TEST_BTRFS SQLRS_TEST_XFS
 runuser -u postgres -- test -x "$SQLRS_TEST_BTRFS" || die "the postgres account cannot enter $SQLRS_TEST_BTRFS"
+
+# ---------------------------------------------------------------------------
+section "Docker (private dockerd, offline PostgreSQL image)"
+DOCKER_DIR="${SQLRS_CI_DOCKER_DIR:-$ROOT/.build/docker}"
+if [ -z "${SQLRS_CI_DOCKER_DIR:-}" ] && [ "${#DOCKER_DIR}" -gt 90 ]; then
+    DOCKER_DIR=/tmp/sqlrs-ci-docker
+fi
+# Stop on exit only a dockerd this run started.
+docker_was_running=false
+if pid="$(cat "$DOCKER_DIR/dockerd.pid" 2>/dev/null)" && [ "$(cat "/proc/$pid/comm" 2>/dev/null || true)" = dockerd ]; then
+    docker_was_running=true
+fi
+cleanup() {
+    if ! $docker_was_running; then
+        bash packaging/ci/docker.sh --stop "$DOCKER_DIR" || echo "warning: could not stop the test dockerd" >&2
+    fi
+    unmount_test_filesystems
+}
+trap cleanup EXIT
+docker_vars="$(bash packaging/ci/docker.sh "$DOCKER_DIR")"
+echo "$docker_vars"
+DOCKER_HOST="$(sed -n 's/^DOCKER_HOST=//p' <<<"$docker_vars" | tail -n1)"
+[ -n "$DOCKER_HOST" ] || die "packaging/ci/docker.sh printed no DOCKER_HOST=..."
+export DOCKER_HOST
+bash packaging/docker/build-image.sh
 
 # ---------------------------------------------------------------------------
 # Every check runs even when an earlier one fails; the summary says which failed.

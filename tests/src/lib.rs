@@ -394,6 +394,16 @@ pub struct Sandbox {
     bins: Binaries,
 }
 
+/// A sandbox's `config.yaml`: the native runtime (these tests cover it even
+/// where a Docker daemon answers), and the snapshot backend when forced.
+pub fn config_yaml(backend: Option<Backend>) -> String {
+    let mut yaml = String::from("runtime:\n  kind: native\n");
+    if let Some(b) = backend {
+        yaml.push_str(&format!("snapshot:\n  backend: {}\n", b.name()));
+    }
+    yaml
+}
+
 impl Sandbox {
     /// A sandbox whose store is forced to `backend` (`snapshot.backend` in its
     /// config). Panics with the setup error when something is missing.
@@ -401,8 +411,8 @@ impl Sandbox {
         Self::create(backend, true).unwrap_or_else(|e| panic!("{e}"))
     }
 
-    /// A sandbox on `backend`'s filesystem with no config file: the daemon
-    /// picks the snapshotter itself.
+    /// A sandbox on `backend`'s filesystem with no snapshot backend
+    /// configured: the daemon picks the snapshotter itself.
     pub fn with_auto_backend(backend: Backend) -> Self {
         Self::create(backend, false).unwrap_or_else(|e| panic!("{e}"))
     }
@@ -431,14 +441,9 @@ impl Sandbox {
                 .map_err(io_err(dir))?;
         }
         check_traversable(&sandbox.root)?;
-        if force_backend {
-            let config = sandbox.config_path();
-            std::fs::write(
-                &config,
-                format!("snapshot:\n  backend: {}\n", backend.name()),
-            )
+        let config = sandbox.config_path();
+        std::fs::write(&config, config_yaml(force_backend.then_some(backend)))
             .map_err(io_err(&config))?;
-        }
         Ok(sandbox)
     }
 
@@ -1062,7 +1067,7 @@ mod tests {
         assert_eq!(std::fs::metadata(&root).unwrap().mode() & 0o777, 0o755);
         assert_eq!(
             std::fs::read_to_string(sandbox.config_path()).unwrap(),
-            "snapshot:\n  backend: copy\n"
+            "runtime:\n  kind: native\nsnapshot:\n  backend: copy\n"
         );
         let file = sandbox.write("sql/a.sql", "select 1;\n");
         assert!(file.starts_with(sandbox.project()));
