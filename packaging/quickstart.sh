@@ -95,7 +95,7 @@ section "sqlrs ls --states / --instances"
 "$SQLRS" ls --instances
 
 # The id of the instance behind $DSN, from the JSON listing.
-INSTANCE="$("$SQLRS" --output json ls --instances | tr '{' '\n' | grep -F "\"$DSN\"" \
+INSTANCE="$("$SQLRS" --output json ls --instances | tr -d '\n' | tr '{' '\n' | grep -F "\"$DSN\"" \
     | grep -o '"id"[[:space:]]*:[[:space:]]*"[^"]*"' | head -n1 | sed 's/.*"\([^"]*\)"$/\1/' || true)"
 [ -n "$INSTANCE" ] || die "cannot find the instance of $DSN in \`sqlrs ls --instances\`"
 
