@@ -250,6 +250,16 @@ impl Sqlrs {
 
     /// Prepare, returning (elapsed until a query answered, instance id, dsn).
     fn prepare(&self, cwd: &Path, args: &[String]) -> (Duration, String, String) {
+        let (t, v) = self.prepare_json(cwd, args);
+        (
+            t,
+            v["instance_id"].as_str().unwrap().to_string(),
+            v["dsn"].as_str().unwrap().to_string(),
+        )
+    }
+
+    /// Prepare, returning the time until a query answered and the CLI's JSON.
+    fn prepare_json(&self, cwd: &Path, args: &[String]) -> (Duration, serde_json::Value) {
         let t = Instant::now();
         let out = run_ok(
             self.cmd(cwd)
@@ -257,17 +267,12 @@ impl Sqlrs {
                 .args(args),
         );
         let v: serde_json::Value = serde_json::from_str(out.trim()).expect("prepare prints JSON");
-        let dsn = v["dsn"].as_str().unwrap().to_string();
-        psql(&dsn, &["-c", "select 1"], cwd);
-        (
-            t.elapsed(),
-            v["instance_id"].as_str().unwrap().to_string(),
-            dsn,
-        )
+        psql(v["dsn"].as_str().unwrap(), &["-c", "select 1"], cwd);
+        (t.elapsed(), v)
     }
 
     fn rm(&self, cwd: &Path, id: &str) {
-        run_ok(self.cmd(cwd).args(["rm", "--force", id]));
+        run_ok(self.cmd(cwd).args(["rm", "--recurse", "--force", id]));
     }
 }
 
@@ -313,8 +318,9 @@ fn bench_sqlrs(sqlrs: &Sqlrs, label: &str, ds: &Dataset, project: &Path, rows: &
         let mut edited = original.clone();
         edited.extend_from_slice(format!("\n-- edit {label} {i}\n").as_bytes());
         std::fs::write(project.join(&last), edited).unwrap();
-        let (t, id, _) = sqlrs.prepare(project, &ds.args);
-        sqlrs.rm(project, &id);
+        let (t, v) = sqlrs.prepare_json(project, &ds.args);
+        // The edited state is not needed again: free its space.
+        sqlrs.rm(project, v["state_id"].as_str().unwrap());
         edits.push(t);
     }
     std::fs::write(project.join(&last), &original).unwrap();
