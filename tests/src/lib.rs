@@ -1,6 +1,7 @@
 //! Harness for the end-to-end tests: isolated sandboxes (own XDG directories, own
-//! sqlrsd, own store on a chosen filesystem) that drive the real `sqlrs` and
-//! `sqlrsd` binaries, real PostgreSQL servers and the real `psql`.
+//! sqlrsd, own store on a chosen filesystem, native or Docker runtime) that
+//! drive the real `sqlrs` and `sqlrsd` binaries, real PostgreSQL servers (on the
+//! host or in containers) and the real `psql`.
 
 use std::ffi::{OsStr, OsString};
 use std::io::Read;
@@ -22,6 +23,15 @@ pub const BTRFS_MAGIC: FsMagic = libc::BTRFS_SUPER_MAGIC;
 pub const XFS_MAGIC: FsMagic = libc::XFS_SUPER_MAGIC;
 /// The inode number of every btrfs subvolume root.
 const BTRFS_SUBVOLUME_INO: u64 = 256;
+/// How long one `docker` CLI call may take.
+const DOCKER_TIMEOUT: Duration = Duration::from_secs(120);
+/// The image Docker sandboxes use unless `SQLRS_TEST_IMAGE` names another
+/// (what `packaging/docker/build-image.sh` builds).
+pub const DEFAULT_TEST_IMAGE: &str = "sqlrs/postgres:15";
+/// The labels sqlrsd puts on its containers (`sqlrsd/src/runtime/docker.rs`).
+pub const LABEL_MANAGED: &str = "sqlrs.managed";
+pub const LABEL_DATA_DIR: &str = "sqlrs.data_dir";
+pub const LABEL_INSTANCE: &str = "sqlrs.instance";
 
 /// Why a sandbox cannot be set up: each says what to install, build or set.
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +56,18 @@ pub enum SetupError {
     MissingPsql,
     #[error("dataset {} not found: the tests read ../shared/datasets beside the repository; set SQLRS_TEST_DATASETS to its location", path.display())]
     MissingDataset { path: PathBuf },
+    #[error(
+        "DOCKER_HOST is not set: the Docker runtime tests need a Docker daemon with the PostgreSQL image; `eval \"$(packaging/ci/docker.sh .build/docker)\"` starts a private one and prints DOCKER_HOST, `packaging/docker/build-image.sh` builds {DEFAULT_TEST_IMAGE}; `bash packaging/ci/test.sh` does both"
+    )]
+    DockerNotSet,
+    #[error(
+        "Docker does not answer at DOCKER_HOST={host}: {detail}; start it with `packaging/ci/docker.sh DIR` (it prints the DOCKER_HOST to export), then build the image with `packaging/docker/build-image.sh`"
+    )]
+    DockerUnreachable { host: String, detail: String },
+    #[error(
+        "image {image} is not in the Docker daemon at {host}: build it with `packaging/docker/build-image.sh {image}` (SQLRS_TEST_IMAGE picks another image; a daemon started by `packaging/ci/docker.sh` keeps it)"
+    )]
+    ImageMissing { image: String, host: String },
     #[error("cannot set up {}: {source}", path.display())]
     Io {
         path: PathBuf,
@@ -139,6 +161,144 @@ pub fn filesystem_magic(path: &Path) -> Option<FsMagic> {
     let rc = unsafe { libc::statfs(c.as_ptr(), st.as_mut_ptr()) };
     // SAFETY: statfs returned 0, so it filled `st`.
     (rc == 0).then(|| unsafe { st.assume_init() }.f_type)
+}
+
+/// Where a sandbox's PostgreSQL servers run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Runtime {
+    /// The host's PostgreSQL binaries.
+    Native,
+    /// Containers of the test image in the Docker daemon at `$DOCKER_HOST`.
+    Docker,
+}
+
+impl Runtime {
+    /// The config value (`runtime.kind`) and what `sqlrs status` reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Runtime::Native => "native",
+            Runtime::Docker => "docker",
+        }
+    }
+}
+
+/// The Docker daemon and image the Docker sandboxes use: `$DOCKER_HOST` and
+/// `$SQLRS_TEST_IMAGE` (default [`DEFAULT_TEST_IMAGE`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DockerEnv {
+    pub host: String,
+    pub image: String,
+}
+
+impl DockerEnv {
+    /// The environment's daemon and image, checked (once per test process)
+    /// to answer and to hold the image.
+    pub fn get() -> Result<Self, SetupError> {
+        static CHECKED: std::sync::OnceLock<DockerEnv> = std::sync::OnceLock::new();
+        if let Some(env) = CHECKED.get() {
+            return Ok(env.clone());
+        }
+        let env = Self::from_values(
+            std::env::var_os("DOCKER_HOST"),
+            std::env::var_os("SQLRS_TEST_IMAGE"),
+        )?;
+        env.check()?;
+        Ok(CHECKED.get_or_init(|| env).clone())
+    }
+
+    /// The daemon and image named by these values of `DOCKER_HOST` and
+    /// `SQLRS_TEST_IMAGE`, unchecked.
+    pub fn from_values(
+        host: Option<OsString>,
+        image: Option<OsString>,
+    ) -> Result<Self, SetupError> {
+        let host = host
+            .filter(|h| !h.is_empty())
+            .ok_or(SetupError::DockerNotSet)?
+            .to_string_lossy()
+            .into_owned();
+        let image = image
+            .filter(|i| !i.is_empty())
+            .map(|i| i.to_string_lossy().into_owned())
+            .unwrap_or_else(|| DEFAULT_TEST_IMAGE.to_owned());
+        Ok(Self { host, image })
+    }
+
+    /// Fails unless the daemon answers and holds the image.
+    fn check(&self) -> Result<(), SetupError> {
+        let version = self.docker(&["version", "--format", "{{.Server.Version}}"]);
+        if !version.success() {
+            return Err(SetupError::DockerUnreachable {
+                host: self.host.clone(),
+                detail: version.text().trim().to_owned(),
+            });
+        }
+        if !self
+            .docker(&["image", "inspect", "--format", "{{.Id}}", &self.image])
+            .success()
+        {
+            return Err(SetupError::ImageMissing {
+                image: self.image.clone(),
+                host: self.host.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Runs the `docker` CLI against this daemon.
+    pub fn docker(&self, args: &[&str]) -> Output {
+        let mut cmd = Command::new("docker");
+        cmd.env("DOCKER_HOST", &self.host)
+            .args(args)
+            .stdin(Stdio::null());
+        run(cmd, DOCKER_TIMEOUT)
+    }
+
+    /// Runs the `docker` CLI, failing the test unless it exits 0.
+    pub fn docker_ok(&self, args: &[&str]) -> Output {
+        let out = self.docker(args);
+        assert!(out.success(), "{out}");
+        out
+    }
+
+    /// Ids of the containers (running or not) carrying `label=value`.
+    pub fn containers_labelled(&self, label: &str, value: &str) -> Vec<String> {
+        let filter = format!("label={label}={value}");
+        self.docker_ok(&["ps", "-a", "-q", "--no-trunc", "--filter", &filter])
+            .stdout
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// Force-removes every sqlrs container whose data directory lies under
+    /// `root` (what a sandbox's daemon left behind).
+    fn remove_containers_under(&self, root: &Path) {
+        let format = format!("{{{{.ID}}}}\t{{{{.Label \"{LABEL_DATA_DIR}\"}}}}");
+        let filter = format!("label={LABEL_MANAGED}=true");
+        let listed = self.docker(&["ps", "-a", "--filter", &filter, "--format", &format]);
+        let leftovers: Vec<&str> = listed
+            .stdout
+            .lines()
+            .filter_map(|l| l.split_once('\t'))
+            .filter(|(_, dir)| Path::new(dir).starts_with(root))
+            .map(|(id, _)| id)
+            .collect();
+        if leftovers.is_empty() {
+            return;
+        }
+        eprintln!(
+            "warning: removing {} container(s) left under {}: {leftovers:?}",
+            leftovers.len(),
+            root.display()
+        );
+        let mut args = vec!["rm", "-f"];
+        args.extend(leftovers);
+        let out = self.docker(&args);
+        if !out.success() {
+            eprintln!("warning: cannot remove containers:\n{out}");
+        }
+    }
 }
 
 /// The `sqlrs` and `sqlrsd` binaries of this build.
@@ -386,18 +546,27 @@ pub struct Prepared {
 
 /// An isolated sqlrs installation: its own config, store, socket and daemon,
 /// and a project directory to put SQL files in. Dropping it stops its daemon
-/// and every PostgreSQL server it started, then removes its files.
+/// and every PostgreSQL server (or container) it started, then removes its files.
 pub struct Sandbox {
+    runtime: Runtime,
     backend: Backend,
+    docker: Option<DockerEnv>,
     root: PathBuf,
     project: PathBuf,
     bins: Binaries,
 }
 
-/// A sandbox's `config.yaml`: the native runtime (these tests cover it even
-/// where a Docker daemon answers), and the snapshot backend when forced.
-pub fn config_yaml(backend: Option<Backend>) -> String {
-    let mut yaml = String::from("runtime:\n  kind: native\n");
+/// A sandbox's `config.yaml`: the runtime pinned (native with `docker` None,
+/// so native scenarios cover it even where a Docker daemon answers; else
+/// Docker with that daemon and image), and the snapshot backend when forced.
+pub fn config_yaml(docker: Option<&DockerEnv>, backend: Option<Backend>) -> String {
+    let mut yaml = match docker {
+        None => String::from("runtime:\n  kind: native\n"),
+        Some(d) => format!(
+            "runtime:\n  kind: docker\n  docker:\n    host: {}\n    image: {}\n",
+            d.host, d.image
+        ),
+    };
     if let Some(b) = backend {
         yaml.push_str(&format!("snapshot:\n  backend: {}\n", b.name()));
     }
@@ -405,21 +574,42 @@ pub fn config_yaml(backend: Option<Backend>) -> String {
 }
 
 impl Sandbox {
-    /// A sandbox whose store is forced to `backend` (`snapshot.backend` in its
-    /// config). Panics with the setup error when something is missing.
+    /// A native-runtime sandbox whose store is forced to `backend`
+    /// (`snapshot.backend` in its config). Panics with the setup error when
+    /// something is missing.
     pub fn new(backend: Backend) -> Self {
-        Self::create(backend, true).unwrap_or_else(|e| panic!("{e}"))
+        Self::on(Runtime::Native, backend)
     }
 
-    /// A sandbox on `backend`'s filesystem with no snapshot backend
+    /// A Docker-runtime sandbox (`$DOCKER_HOST`, `$SQLRS_TEST_IMAGE`) whose
+    /// store is forced to `backend`. Panics, naming `packaging/ci/docker.sh`
+    /// and `packaging/docker/build-image.sh`, when the daemon or image is missing.
+    pub fn docker(backend: Backend) -> Self {
+        Self::on(Runtime::Docker, backend)
+    }
+
+    /// A sandbox on `runtime` whose store is forced to `backend`.
+    pub fn on(runtime: Runtime, backend: Backend) -> Self {
+        Self::create(runtime, backend, true).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// A native sandbox on `backend`'s filesystem with no snapshot backend
     /// configured: the daemon picks the snapshotter itself.
     pub fn with_auto_backend(backend: Backend) -> Self {
-        Self::create(backend, false).unwrap_or_else(|e| panic!("{e}"))
+        Self::create(Runtime::Native, backend, false).unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// Sets a sandbox up, reporting what is missing.
-    pub fn create(backend: Backend, force_backend: bool) -> Result<Self, SetupError> {
+    pub fn create(
+        runtime: Runtime,
+        backend: Backend,
+        force_backend: bool,
+    ) -> Result<Self, SetupError> {
         let bins = Binaries::locate()?;
+        let docker = match runtime {
+            Runtime::Native => None,
+            Runtime::Docker => Some(DockerEnv::get()?),
+        };
         let base = backend.base_dir()?;
         let root = tempfile::Builder::new()
             .prefix(&format!("sqlrs-e2e-{}-", backend.name()))
@@ -427,7 +617,9 @@ impl Sandbox {
             .map_err(io_err(&base))?
             .keep();
         let sandbox = Self {
+            runtime,
             backend,
+            docker,
             project: root.join("project"),
             root,
             bins,
@@ -442,9 +634,26 @@ impl Sandbox {
         }
         check_traversable(&sandbox.root)?;
         let config = sandbox.config_path();
-        std::fs::write(&config, config_yaml(force_backend.then_some(backend)))
-            .map_err(io_err(&config))?;
+        let yaml = config_yaml(sandbox.docker.as_ref(), force_backend.then_some(backend));
+        std::fs::write(&config, yaml).map_err(io_err(&config))?;
         Ok(sandbox)
+    }
+
+    pub fn runtime(&self) -> Runtime {
+        self.runtime
+    }
+
+    /// The Docker daemon and image of a Docker sandbox.
+    pub fn docker_env(&self) -> &DockerEnv {
+        self.docker
+            .as_ref()
+            .unwrap_or_else(|| panic!("a {} sandbox has no Docker daemon", self.runtime.name()))
+    }
+
+    /// Replaces the sandbox's `config.yaml` (takes effect at the next daemon start).
+    pub fn set_config(&self, yaml: &str) {
+        let path = self.config_path();
+        std::fs::write(&path, yaml).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     }
 
     pub fn backend(&self) -> Backend {
@@ -537,6 +746,15 @@ impl Sandbox {
         let mut cmd = self.command(&self.bins.sqlrs, dir);
         cmd.args(args);
         run(cmd, COMMAND_TIMEOUT)
+    }
+
+    /// `sqlrs ARGS` in the project directory with this sandbox's environment,
+    /// not started: for tests that change its environment or read its output
+    /// as it comes.
+    pub fn sqlrs_command(&self, args: &[&str]) -> Command {
+        let mut cmd = self.command(&self.bins.sqlrs, &self.project);
+        cmd.args(args);
+        cmd
     }
 
     /// Runs `sqlrs ARGS` and fails the test (with the daemon's log) unless it exits 0.
@@ -643,7 +861,8 @@ impl Sandbox {
     }
 
     /// Removes the instances (their servers outlive the daemon), stops the
-    /// daemon, then kills whatever processes are still left.
+    /// daemon, then kills whatever processes are still left and removes the
+    /// containers still labelled with this sandbox's store.
     fn stop_everything(&self) {
         if self.sqlrs(&["daemon", "status"]).success() {
             let listed = self.sqlrs(&["--output", "json", "ls", "--instances"]);
@@ -669,6 +888,9 @@ impl Sandbox {
                 self.root.display()
             );
             terminate(&leftovers);
+        }
+        if let Some(docker) = &self.docker {
+            docker.remove_containers_under(&self.root);
         }
     }
 
@@ -895,20 +1117,25 @@ pub fn copy_tree(from: &Path, to: &Path) -> Result<(), SetupError> {
     }
 }
 
-/// Defines, for each named `fn NAME(backend: Backend)`, a module `NAME` with
-/// one test per snapshot backend (`NAME::copy`, `NAME::btrfs`): one body,
-/// every backend.
+/// Defines, for each named `fn NAME(runtime: Runtime, backend: Backend)`, a
+/// module `NAME` with one test per runtime and snapshot backend: `NAME::copy`
+/// and `NAME::btrfs` on the native runtime, `NAME::docker_copy` on Docker
+/// with the copy store. One body, every combination.
 #[macro_export]
-macro_rules! on_each_backend {
+macro_rules! on_each_target {
     ($($body:ident),+ $(,)?) => {$(
         mod $body {
             #[test]
             fn copy() {
-                super::$body($crate::Backend::Copy)
+                super::$body($crate::Runtime::Native, $crate::Backend::Copy)
             }
             #[test]
             fn btrfs() {
-                super::$body($crate::Backend::Btrfs)
+                super::$body($crate::Runtime::Native, $crate::Backend::Btrfs)
+            }
+            #[test]
+            fn docker_copy() {
+                super::$body($crate::Runtime::Docker, $crate::Backend::Copy)
             }
         }
     )+};
@@ -1058,6 +1285,72 @@ mod tests {
         btrfs(&["subvolume", "snapshot", "-r", "vol", "vol/frozen"]);
         drop(sandbox);
         assert!(!root.exists(), "{} left behind", root.display());
+    }
+
+    #[test]
+    fn config_for_each_runtime() {
+        let docker = DockerEnv {
+            host: "unix:///d.sock".into(),
+            image: "img:1".into(),
+        };
+        let cases = [
+            (None, None, "runtime:\n  kind: native\n"),
+            (
+                None,
+                Some(Backend::Btrfs),
+                "runtime:\n  kind: native\nsnapshot:\n  backend: btrfs\n",
+            ),
+            (
+                Some(&docker),
+                Some(Backend::Copy),
+                "runtime:\n  kind: docker\n  docker:\n    host: unix:///d.sock\n    image: img:1\nsnapshot:\n  backend: copy\n",
+            ),
+        ];
+        for (docker, backend, want) in cases {
+            assert_eq!(config_yaml(docker, backend), want, "{docker:?} {backend:?}");
+        }
+    }
+
+    #[test]
+    fn docker_variables() {
+        let env = |host: Option<&str>, image: Option<&str>| {
+            DockerEnv::from_values(host.map(OsString::from), image.map(OsString::from))
+        };
+        for host in [None, Some("")] {
+            let err = env(host, Some("x")).unwrap_err();
+            let msg = err.to_string();
+            assert!(
+                matches!(err, SetupError::DockerNotSet)
+                    && msg.contains("packaging/ci/docker.sh")
+                    && msg.contains("packaging/docker/build-image.sh"),
+                "{msg}"
+            );
+        }
+        let cases = [
+            (None, DEFAULT_TEST_IMAGE),
+            (Some(""), DEFAULT_TEST_IMAGE),
+            (Some("pg:17"), "pg:17"),
+        ];
+        for (image, want) in cases {
+            assert_eq!(
+                env(Some("unix:///s"), image).unwrap(),
+                DockerEnv {
+                    host: "unix:///s".into(),
+                    image: want.into()
+                }
+            );
+        }
+        let unreachable = DockerEnv {
+            host: "unix:///nonexistent/docker.sock".into(),
+            image: DEFAULT_TEST_IMAGE.into(),
+        }
+        .check()
+        .unwrap_err();
+        assert!(
+            matches!(unreachable, SetupError::DockerUnreachable { .. })
+                && unreachable.to_string().contains("packaging/ci/docker.sh"),
+            "{unreachable}"
+        );
     }
 
     #[test]

@@ -1,12 +1,12 @@
 //! Workspaces and alias files: `sqlrs init`, `sqlrs prepare NAME`,
 //! `sqlrs run NAME` and their composite, paths relative to the alias file.
 
-use sqlrs_e2e::{Backend, SCHEMA_SQL, SEED_SQL, Sandbox, on_each_backend, prepared_from};
+use sqlrs_e2e::{Backend, Runtime, SCHEMA_SQL, SEED_SQL, Sandbox, on_each_target, prepared_from};
 
-on_each_backend!(aliases_prepare_and_run);
+on_each_target!(aliases_prepare_and_run);
 
-fn aliases_prepare_and_run(backend: Backend) {
-    let sb = Sandbox::new(backend);
+fn aliases_prepare_and_run(runtime: Runtime, backend: Backend) {
+    let sb = Sandbox::on(runtime, backend);
     sb.sqlrs_ok(&["init"]);
     assert!(sb.project().join(".sqlrs").is_dir(), "init creates .sqlrs/");
 

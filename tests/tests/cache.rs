@@ -3,11 +3,11 @@
 //! nothing, and a failing step keeps the states before it.
 
 use sqlrs_e2e::{
-    Backend, CHAIN, SEED_SQL, STAMP_QUERY, Sandbox, dsn_in, field, find_key, find_str,
-    on_each_backend,
+    Backend, CHAIN, Runtime, SEED_SQL, STAMP_QUERY, Sandbox, dsn_in, field, find_key, find_str,
+    on_each_target,
 };
 
-on_each_backend!(
+on_each_target!(
     second_prepare_is_all_cache_hits,
     instances_are_isolated,
     edited_seed_reuses_schema_state,
@@ -21,8 +21,8 @@ fn sorted(mut v: Vec<String>) -> Vec<String> {
     v
 }
 
-fn second_prepare_is_all_cache_hits(backend: Backend) {
-    let sb = Sandbox::new(backend);
+fn second_prepare_is_all_cache_hits(runtime: Runtime, backend: Backend) {
+    let sb = Sandbox::on(runtime, backend);
     sb.write_chain();
     let mut args = vec!["prepare:psql", "--"];
     args.extend(CHAIN);
@@ -67,8 +67,8 @@ fn second_prepare_is_all_cache_hits(backend: Backend) {
     assert!(instances.contains(&second.instance_id), "{instances:?}");
 }
 
-fn instances_are_isolated(backend: Backend) {
-    let sb = Sandbox::new(backend);
+fn instances_are_isolated(runtime: Runtime, backend: Backend) {
+    let sb = Sandbox::on(runtime, backend);
     sb.write_chain();
     let a = sb.prepare(&CHAIN);
     let b = sb.prepare(&CHAIN);
@@ -98,8 +98,8 @@ fn instances_are_isolated(backend: Backend) {
     }
 }
 
-fn edited_seed_reuses_schema_state(backend: Backend) {
-    let sb = Sandbox::new(backend);
+fn edited_seed_reuses_schema_state(runtime: Runtime, backend: Backend) {
+    let sb = Sandbox::on(runtime, backend);
     sb.write_chain();
     let before = sb.plan(&CHAIN);
     let first = sb.prepare(&CHAIN);
@@ -142,8 +142,8 @@ fn edited_seed_reuses_schema_state(backend: Backend) {
     );
 }
 
-fn plan_executes_nothing(backend: Backend) {
-    let sb = Sandbox::new(backend);
+fn plan_executes_nothing(runtime: Runtime, backend: Backend) {
+    let sb = Sandbox::on(runtime, backend);
     sb.write_chain();
     let plan = sb.plan(&CHAIN);
     assert_eq!(plan.len(), 2, "{plan:?}");
@@ -187,8 +187,8 @@ fn plan_executes_nothing(backend: Backend) {
 }
 
 /// `-v` values are part of a state's identity; file names are not.
-fn variables_and_renames_in_state_ids(backend: Backend) {
-    let sb = Sandbox::new(backend);
+fn variables_and_renames_in_state_ids(runtime: Runtime, backend: Backend) {
+    let sb = Sandbox::on(runtime, backend);
     sb.write("v.sql", "create table t as select :'a'::text as a;\n");
     sb.write(
         "copy_of_v.sql",
@@ -213,8 +213,8 @@ fn variables_and_renames_in_state_ids(backend: Backend) {
     assert_eq!(sb.query(&two.dsn, "select a from t"), "2");
 }
 
-fn failing_step_keeps_earlier_states(backend: Backend) {
-    let sb = Sandbox::new(backend);
+fn failing_step_keeps_earlier_states(runtime: Runtime, backend: Backend) {
+    let sb = Sandbox::on(runtime, backend);
     sb.write_chain();
     let schema_only = sb.prepare(&CHAIN[..2]);
     let stamp = sb.query(&schema_only.dsn, STAMP_QUERY);

@@ -6,9 +6,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use sqlrs_e2e::{Backend, CHAIN, Sandbox, find_key, find_str, on_each_backend};
+use sqlrs_e2e::{Backend, CHAIN, Runtime, Sandbox, find_key, find_str, on_each_target};
 
-on_each_backend!(
+on_each_target!(
     status_reports_store_and_snapshotter,
     daemon_outlives_the_cli
 );
@@ -40,8 +40,8 @@ fn daemon_pid(sb: &Sandbox) -> u64 {
         .unwrap_or_else(|| panic!("no pid in {status:#}"))
 }
 
-fn status_reports_store_and_snapshotter(backend: Backend) {
-    let sb = Sandbox::new(backend);
+fn status_reports_store_and_snapshotter(runtime: Runtime, backend: Backend) {
+    let sb = Sandbox::on(runtime, backend);
     let status = sb.json(&["status"]);
     assert_eq!(
         find_str(&status, "snapshotter"),
@@ -52,18 +52,36 @@ fn status_reports_store_and_snapshotter(backend: Backend) {
         find_str(&status, "snapshotter_reason").is_some_and(|r| !r.is_empty()),
         "status says why the snapshotter was chosen: {status:#}"
     );
-    assert_eq!(find_str(&status, "runtime"), Some("native"), "{status:#}");
+    assert_eq!(
+        find_str(&status, "runtime"),
+        Some(runtime.name()),
+        "{status:#}"
+    );
+    let reason = find_str(&status, "runtime_reason").unwrap_or_default();
+    assert!(
+        reason.starts_with(runtime.name()) && reason.contains("runtime.kind"),
+        "status says the config chose the runtime: {status:#}"
+    );
+    if runtime == Runtime::Docker {
+        let docker = sb.docker_env();
+        assert!(
+            reason.contains(&docker.image) && reason.contains(&docker.host),
+            "the reason names the image and the daemon: {reason}"
+        );
+    }
     let store = find_str(&status, "store_path").unwrap_or_else(|| panic!("{status:#}"));
     assert!(
         Path::new(store).starts_with(sb.state_dir()),
         "the store follows XDG_STATE_HOME: {store}"
     );
     let text = sb.sqlrs_ok(&["status"]);
-    assert!(text.stdout.contains(backend.name()), "{text}");
+    for shown in [backend.name(), runtime.name()] {
+        assert!(text.stdout.contains(shown), "{text}");
+    }
 }
 
-fn daemon_outlives_the_cli(backend: Backend) {
-    let sb = Sandbox::new(backend);
+fn daemon_outlives_the_cli(runtime: Runtime, backend: Backend) {
+    let sb = Sandbox::on(runtime, backend);
     let before = sb.sqlrs(&["daemon", "status"]);
     assert!(!before.success(), "no daemon runs yet:\n{before}");
 

@@ -4,9 +4,9 @@
 
 use std::path::Path;
 
-use sqlrs_e2e::{Backend, Sandbox, on_each_backend, with_database};
+use sqlrs_e2e::{Backend, Runtime, Sandbox, on_each_target, with_database};
 
-on_each_backend!(
+on_each_target!(
     chinook,
     tpch_through_copy,
     procrastinate_migrations,
@@ -31,8 +31,8 @@ fn strs(v: &[String]) -> Vec<&str> {
     v.iter().map(String::as_str).collect()
 }
 
-fn chinook(backend: Backend) {
-    let sb = Sandbox::new(backend);
+fn chinook(runtime: Runtime, backend: Backend) {
+    let sb = Sandbox::on(runtime, backend);
     sb.copy_dataset("chinook", "chinook");
     let p = sb.prepare(&["-f", "chinook/chinook.sql"]);
     assert_eq!(
@@ -44,8 +44,8 @@ fn chinook(backend: Backend) {
     assert_eq!(sb.query(&again.dsn, "select count(*) from track"), "3503");
 }
 
-fn tpch_through_copy(backend: Backend) {
-    let sb = Sandbox::new(backend);
+fn tpch_through_copy(runtime: Runtime, backend: Backend) {
+    let sb = Sandbox::on(runtime, backend);
     let dir = sb.copy_dataset("tpch-sf0.01", "tpch");
     let args = ["-f", "schema.sql", "-f", "load.sql"];
     let p = sb.prepare_in(&dir, &args);
@@ -79,8 +79,8 @@ fn tpch_through_copy(backend: Backend) {
 
 /// The migrations, one `-f` each, give the schema `schema.sql` gives, loaded
 /// by psql itself into a fresh database (column order aside).
-fn procrastinate_migrations(backend: Backend) {
-    let sb = Sandbox::new(backend);
+fn procrastinate_migrations(runtime: Runtime, backend: Backend) {
+    let sb = Sandbox::on(runtime, backend);
     let dir = sb.copy_dataset("mig-procrastinate", "procrastinate");
     let migrations = each_file(&dir, "migrations");
     assert_eq!(migrations.len(), 2 * 38);
@@ -131,8 +131,8 @@ fn procrastinate_migrations(backend: Backend) {
     }
 }
 
-fn graphile_worker(backend: Backend) {
-    let sb = Sandbox::new(backend);
+fn graphile_worker(runtime: Runtime, backend: Backend) {
+    let sb = Sandbox::on(runtime, backend);
     let dir = sb.copy_dataset("mig-graphile-worker", "graphile");
     let setup = ["-1", "-c", "create schema graphile_worker"];
 

@@ -2,9 +2,9 @@
 //! `sqlrs rm` (dry runs, blocked removals, `--recurse --force`, jobs).
 
 use serde_json::Value;
-use sqlrs_e2e::{Backend, CHAIN, Sandbox, field, ids, json_list, on_each_backend, prefix};
+use sqlrs_e2e::{Backend, CHAIN, Runtime, Sandbox, field, ids, json_list, on_each_target, prefix};
 
-on_each_backend!(listings, removal);
+on_each_target!(listings, removal);
 
 const TASK_STATUSES: [&str; 5] = ["queued", "running", "succeeded", "failed", "cancelled"];
 
@@ -22,8 +22,8 @@ fn column_of(text: &str, id: &str) -> (usize, usize) {
         .unwrap_or_else(|| panic!("{} not shown in\n{text}", &id[..8]))
 }
 
-fn listings(backend: Backend) {
-    let sb = Sandbox::new(backend);
+fn listings(runtime: Runtime, backend: Backend) {
+    let sb = Sandbox::on(runtime, backend);
     sb.write_chain();
     let prepared = sb.prepare(&CHAIN);
     let plan = sb.plan(&CHAIN);
@@ -57,13 +57,32 @@ fn listings(backend: Backend) {
 
     let instances = sb.ls("instances");
     let instance = find(&instances, &prepared.instance_id);
+    let image = match runtime {
+        Runtime::Native => None,
+        Runtime::Docker => Some(sb.docker_env().image.as_str()),
+    };
     assert_eq!(
-        (field(instance, "state_id"), field(instance, "dsn")),
-        (s2, prepared.dsn.as_str())
+        (
+            field(instance, "state_id"),
+            field(instance, "dsn"),
+            field(instance, "runtime"),
+            instance.get("image").and_then(Value::as_str)
+        ),
+        (s2, prepared.dsn.as_str(), runtime.name(), image),
+        "{instance:#}"
     );
+    let runtime_column = match image {
+        None => runtime.name().to_owned(),
+        Some(image) => format!("{}:{image}", runtime.name()),
+    };
     for args in [&["ls"][..], &["ls", "--instances"]] {
         let out = sb.sqlrs_ok(args);
-        assert!(out.stdout.contains(&prepared.instance_id[..8]), "{out}");
+        let row = out
+            .stdout
+            .lines()
+            .find(|l| l.contains(&prepared.instance_id[..8]))
+            .unwrap_or_else(|| panic!("the instance is not listed:\n{out}"));
+        assert!(row.contains(&runtime_column), "{out}");
     }
 
     let job_id = prepared
@@ -83,8 +102,8 @@ fn listings(backend: Backend) {
     assert_eq!(sb.step_tasks(job_id).len(), 2, "{tasks:#?}");
 }
 
-fn removal(backend: Backend) {
-    let sb = Sandbox::new(backend);
+fn removal(runtime: Runtime, backend: Backend) {
+    let sb = Sandbox::on(runtime, backend);
     sb.write_chain();
     let prepared = sb.prepare(&CHAIN);
     let plan = sb.plan(&CHAIN);

@@ -1,12 +1,12 @@
 //! `run:psql` against an instance (psql's exit code comes back) and the
 //! composite `prepare:psql … run:psql …` that removes its instance.
 
-use sqlrs_e2e::{Backend, CHAIN, Sandbox, on_each_backend, prefix};
+use sqlrs_e2e::{Backend, CHAIN, Runtime, Sandbox, on_each_target, prefix};
 
-on_each_backend!(run_forwards_psql_exit_codes, composite_removes_its_instance);
+on_each_target!(run_forwards_psql_exit_codes, composite_removes_its_instance);
 
-fn run_forwards_psql_exit_codes(backend: Backend) {
-    let sb = Sandbox::new(backend);
+fn run_forwards_psql_exit_codes(runtime: Runtime, backend: Backend) {
+    let sb = Sandbox::on(runtime, backend);
     sb.write_chain();
     sb.write("count.sql", "select count(*) from item;\n");
     sb.write("fail.sql", "select 1;\nselect * from no_such_table;\n");
@@ -41,8 +41,8 @@ fn run_forwards_psql_exit_codes(backend: Backend) {
     );
 }
 
-fn composite_removes_its_instance(backend: Backend) {
-    let sb = Sandbox::new(backend);
+fn composite_removes_its_instance(runtime: Runtime, backend: Backend) {
+    let sb = Sandbox::on(runtime, backend);
     sb.write_chain();
     sb.write("test.sql", "select 'items=' || count(*) from item;\n");
     sb.write("failing_test.sql", "select * from no_such_table;\n");
