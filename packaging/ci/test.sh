@@ -6,7 +6,9 @@
 #
 #   bash packaging/ci/test.sh            (what `.ci/run` calls)
 #
-# Environment: SQLRS_CI_FS_DIR overrides where the test filesystems are mounted
+# Environment: SQLRS_TEST_IMAGE names the image the Docker tests use (default:
+# sqlrs/postgres:MAJOR of the newest installed PostgreSQL, built here);
+# SQLRS_CI_FS_DIR overrides where the test filesystems are mounted
 # (default <repo>/.build/fs, or /tmp/sqlrs-ci-fs when the `postgres` account
 # cannot reach the repository, e.g. a clone under /root); SQLRS_CI_DOCKER_DIR
 # where the private dockerd keeps its socket and data (default <repo>/.build/docker,
@@ -129,7 +131,16 @@ echo "$docker_vars"
 DOCKER_HOST="$(sed -n 's/^DOCKER_HOST=//p' <<<"$docker_vars" | tail -n1)"
 [ -n "$DOCKER_HOST" ] || die "packaging/ci/docker.sh printed no DOCKER_HOST=..."
 export DOCKER_HOST
-bash packaging/docker/build-image.sh
+# The image the Docker runtime tests use: SQLRS_TEST_IMAGE as given (an image
+# the daemon has or can pull), else built here from the host's packages under
+# build-image.sh's default name, sqlrs/postgres:MAJOR.
+if [ -z "${SQLRS_TEST_IMAGE:-}" ]; then
+    newest_major="$(find /usr/lib/postgresql -mindepth 1 -maxdepth 1 -printf '%f\n' 2>/dev/null | sort -V | tail -n 1)"
+    SQLRS_TEST_IMAGE="sqlrs/postgres:$newest_major"
+    PG_MAJOR="$newest_major" bash packaging/docker/build-image.sh "$SQLRS_TEST_IMAGE"
+fi
+export SQLRS_TEST_IMAGE
+echo "SQLRS_TEST_IMAGE=$SQLRS_TEST_IMAGE"
 
 # ---------------------------------------------------------------------------
 # Every check runs even when an earlier one fails; the summary says which failed.
@@ -148,7 +159,10 @@ run_check() {
 
 run_check "rustfmt" cargo fmt --all --check
 run_check "clippy" cargo clippy --workspace --all-targets -- -D warnings
-run_check "tests" cargo test --workspace --no-fail-fast
+run_check "tests" cargo test --workspace --no-fail-fast --exclude sqlrs-e2e
+e2e_started=$SECONDS
+run_check "end-to-end tests" cargo test -p sqlrs-e2e --no-fail-fast
+echo "end-to-end tests took $((SECONDS - e2e_started))s"
 
 section "summary"
 if [ "${#failed[@]}" -gt 0 ]; then
