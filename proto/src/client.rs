@@ -236,6 +236,8 @@ fn spawn_detached(loc: &Locations, exe: &Path) -> Result<std::process::Child, Co
         .stderr(log2)
         // Its own process group: a Ctrl-C in the client's terminal must not reach it.
         .process_group(0)
+        // Nor may it keep the client's working directory busy.
+        .current_dir("/")
         .spawn()
         .map_err(|source| ConnectError::Spawn {
             exe: exe.to_owned(),

@@ -129,6 +129,16 @@ impl BlobStore {
         let mut src = File::open(path).map_err(|source| read_err(path, source))?;
         let (tmp_path, mut tmp) = self.temp_file()?;
         let copied = copy_hashing(&mut src, &mut tmp, path, &tmp_path, self);
+        // Content-addressed: a blob already stored under this digest holds
+        // exactly these bytes, so the copy is dropped unsynced (the common
+        // case of a cache hit).
+        if let Ok(d) = &copied
+            && self.contains(d)
+        {
+            drop(tmp);
+            let _ = fs::remove_file(&tmp_path);
+            return Ok(*d);
+        }
         let digest = match copied.and_then(|d| {
             tmp.sync_all()
                 .map(|()| d)
