@@ -10,7 +10,25 @@ use serde::Deserialize;
 pub struct Config {
     pub snapshot: SnapshotConfig,
     pub runtime: RuntimeConfig,
+    pub dbms: DbmsConfig,
     pub jobs: JobsConfig,
+}
+
+impl Config {
+    /// The Docker image for requests that name none: `dbms.image` (the
+    /// reference tool's key) wins over `runtime.docker.image`.
+    pub fn docker_image(&self) -> &str {
+        self.dbms
+            .image
+            .as_deref()
+            .unwrap_or(&self.runtime.docker.image)
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DbmsConfig {
+    pub image: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -173,6 +191,22 @@ mod tests {
                 (Err(e), Err(frag)) => assert!(e.to_string().contains(frag), "{text}: {e}"),
                 (got, _) => panic!("{text}: unexpected {got:?}"),
             }
+        }
+    }
+
+    #[test]
+    fn docker_image_precedence() {
+        let cases = [
+            ("", "postgres:17"),
+            ("runtime:\n  docker:\n    image: a:1\n", "a:1"),
+            ("dbms:\n  image: b:2\n", "b:2"),
+            (
+                "dbms:\n  image: b:2\nruntime:\n  docker:\n    image: a:1\n",
+                "b:2",
+            ),
+        ];
+        for (text, want) in cases {
+            assert_eq!(Config::parse(text).unwrap().docker_image(), want, "{text}");
         }
     }
 

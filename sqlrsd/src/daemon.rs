@@ -78,7 +78,7 @@ pub async fn run(loc: Locations) -> Result<(), DaemonError> {
             server_user: config.runtime.native.server_user.clone(),
         },
         docker_host: config.runtime.docker.host.clone(),
-        docker_image: config.runtime.docker.image.clone(),
+        docker_image: config.docker_image().to_owned(),
         shared_dirs: vec![store.root().join("exec")],
     })
     .await?;

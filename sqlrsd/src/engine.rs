@@ -911,6 +911,47 @@ impl Engine {
             .expect("resolved id exists"))
     }
 
+    /// An instance about to be used: a server (or container) that went away
+    /// is started again on the instance's data, with the same password (the
+    /// port, and so the DSN, may change).
+    pub async fn ready_instance(&self, prefix: &str) -> Result<InstanceRecord, EngineError> {
+        let mut inst = self.instance(prefix)?;
+        if inst.status == InstanceStatus::Building {
+            return Ok(inst);
+        }
+        let rt = self
+            .runtimes
+            .for_instance(&inst.runtime, &inst.image)
+            .await?
+            .runtime;
+        if inst.server.as_ref().is_some_and(|s| rt.is_running(s)) {
+            return Ok(inst);
+        }
+        let data = self.store.instance_data(&inst.id);
+        if !data.is_dir() {
+            return Err(EngineError::InvalidRequest(format!(
+                "instance {} lost its data directory {}; remove it with `sqlrs rm {}`",
+                inst.id,
+                data.display(),
+                inst.id
+            )));
+        }
+        tracing::info!(instance = %inst.id, "its server is gone; starting it again");
+        let server = rt
+            .start(
+                &data,
+                &self.store.instance_run(&inst.id),
+                &Self::server_options(),
+            )
+            .await?;
+        rt.set_password(&server, &inst.password).await?;
+        inst.dsn = rt.dsn(&server, &inst.password);
+        inst.server = Some(server);
+        inst.status = InstanceStatus::Running;
+        self.index.put_instance(&inst)?;
+        Ok(inst)
+    }
+
     pub async fn delete_instance(
         &self,
         prefix: &str,
@@ -1199,7 +1240,7 @@ impl Engine {
         on_output: &mut (dyn FnMut(OutputStream, &[u8]) + Send),
         cancel: &tokio_util::sync::CancellationToken,
     ) -> Result<i32, EngineError> {
-        let inst = self.instance(&req.instance)?;
+        let inst = self.ready_instance(&req.instance).await?;
         if inst.runtime != "docker" {
             return Err(EngineError::InvalidRequest(format!(
                 "instance {} runs on the native runtime: run psql on the host against its DSN",

@@ -500,7 +500,7 @@ impl Sqlrs for Service {
         req: Request<pb::InstanceRef>,
     ) -> Result<Response<pb::Instance>, Status> {
         self.check(&req)?;
-        let i = self.engine.instance(&req.into_inner().id)?;
+        let i = self.engine.ready_instance(&req.into_inner().id).await?;
         let data = self.engine.store.instance_data(&i.id).display().to_string();
         Ok(Response::new(pb_instance(&i, data)))
     }
