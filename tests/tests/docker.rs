@@ -26,17 +26,18 @@ fn unique(what: &str) -> String {
     )
 }
 
-/// Docker objects a test made itself, removed when it ends however it ends.
-struct Made<'a> {
-    docker: &'a DockerEnv,
+/// Docker objects a test made itself, removed when it ends however it ends
+/// (images only once no container uses them: declare it before the sandbox).
+struct Made {
+    docker: DockerEnv,
     containers: Vec<String>,
     images: Vec<String>,
 }
 
-impl<'a> Made<'a> {
-    fn new(docker: &'a DockerEnv) -> Self {
+impl Made {
+    fn new() -> Self {
         Self {
-            docker,
+            docker: DockerEnv::get().unwrap_or_else(|e| panic!("{e}")),
             containers: Vec::new(),
             images: Vec::new(),
         }
@@ -75,7 +76,7 @@ impl<'a> Made<'a> {
         self.docker
             .docker_ok(&["commit", "--change", &change, &container, name]);
         self.images.push(name.to_owned());
-        image_id(self.docker, name)
+        image_id(&self.docker, name)
     }
 
     /// Another tag for the test image itself (same image id).
@@ -85,7 +86,7 @@ impl<'a> Made<'a> {
     }
 }
 
-impl Drop for Made<'_> {
+impl Drop for Made {
     fn drop(&mut self) {
         for c in &self.containers {
             self.docker.docker(&["rm", "-f", c]);
@@ -242,7 +243,7 @@ fn unknown_containers_of_the_store_are_removed_at_start() {
     assert!(store.starts_with(sb.state_dir()), "{}", own_data.display());
     sb.sqlrs_ok(&["daemon", "stop"]);
 
-    let mut made = Made::new(docker);
+    let mut made = Made::new();
     let ghost = unique("ghost");
     let ghost_data = store.join("instances").join(&ghost).join("data");
     let elsewhere = Path::new("/nonexistent-sqlrs-store/instances/x/data");
@@ -282,10 +283,10 @@ fn unknown_containers_of_the_store_are_removed_at_start() {
 
 #[test]
 fn image_digest_separates_states() {
+    let mut made = Made::new();
     let sb = Sandbox::docker(Backend::Copy);
     let docker = sb.docker_env();
     sb.write_chain();
-    let mut made = Made::new(docker);
     let same = format!("{}:same", unique("tag"));
     made.tag(&same);
     let other = format!("{}:other", unique("image"));
