@@ -814,7 +814,8 @@ impl DockerRuntime {
                 continue;
             }
             tracing::info!(container = %c.name, instance = %c.instance, "removing an orphaned container");
-            self.stop_container(&c.name).await?;
+            // No instance owns its data: force removal, so a container that
+            // ignores a polite stop cannot hold up the daemon's start.
             self.remove(&c.name).await;
             removed.push(c);
         }

@@ -236,8 +236,9 @@ pub enum RuntimeError {
     NativeUnavailable(String),
 
     #[error(
-        "Docker is not reachable at {host}: {reason}: start dockerd or set DOCKER_HOST; \
-         runtime = native avoids Docker"
+        "Docker is not reachable at {host}: {reason}: start dockerd there, or point \
+         runtime.docker.host in the sqlrs config (else DOCKER_HOST) at a running one; \
+         runtime.kind = native avoids Docker"
     )]
     DockerUnreachable { host: String, reason: String },
 
