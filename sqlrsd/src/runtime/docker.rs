@@ -28,6 +28,7 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio_stream::StreamExt as _;
 use tokio_util::sync::CancellationToken;
 
+use super::admin::{self, SUPERUSER, sql_err};
 use super::{
     PsqlOutput, Runtime, RuntimeError, RuntimeInfo, ServerHandle, ServerOptions, loopback_dsn,
 };
@@ -59,7 +60,6 @@ const INITDB_TIMEZONE: &str = "UTC";
 /// the base cluster accepts password logins from any address (the port is
 /// published on the host's loopback only).
 const HBA_LINE: &str = "host all all all scram-sha-256";
-const SUPERUSER: &str = "postgres";
 const READY_POLL: Duration = Duration::from_millis(5);
 const STATE_POLL: Duration = Duration::from_millis(200);
 const READY_TIMEOUT: Duration = Duration::from_secs(120);
@@ -568,30 +568,6 @@ impl DockerRuntime {
         }
     }
 
-    async fn connect_sql(
-        &self,
-        server: &ServerHandle,
-        action: &'static str,
-    ) -> Result<tokio_postgres::Client, RuntimeError> {
-        let mut cfg = tokio_postgres::Config::new();
-        cfg.host_path(&server.socket_dir)
-            .port(server.port)
-            .user(SUPERUSER)
-            .dbname("postgres")
-            .application_name("sqlrsd")
-            .connect_timeout(Duration::from_secs(10));
-        let (client, connection) = cfg
-            .connect(tokio_postgres::NoTls)
-            .await
-            .map_err(sql_err(action, server))?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!("control connection closed: {e}");
-            }
-        });
-        Ok(client)
-    }
-
     /// Runs `cmd` inside the server's container as the server account,
     /// handing every chunk of output to `on_output` as it arrives; returns
     /// the command's exit code. Cancelling `cancel` cancels, then terminates,
@@ -750,7 +726,7 @@ impl DockerRuntime {
         app_name: &str,
     ) -> Result<(), RuntimeError> {
         const ACTION: &str = "interrupting a command";
-        let client = self.connect_sql(server, ACTION).await?;
+        let client = admin::connect(server, ACTION).await?;
         client
             .execute(
                 &format!(
@@ -990,12 +966,7 @@ impl Runtime for DockerRuntime {
     }
 
     async fn checkpoint(&self, server: &ServerHandle) -> Result<(), RuntimeError> {
-        const ACTION: &str = "CHECKPOINT";
-        let client = self.connect_sql(server, ACTION).await?;
-        client
-            .batch_execute("CHECKPOINT")
-            .await
-            .map_err(sql_err(ACTION, server))
+        admin::checkpoint(server).await
     }
 
     async fn set_password(
@@ -1003,31 +974,11 @@ impl Runtime for DockerRuntime {
         server: &ServerHandle,
         password: &str,
     ) -> Result<(), RuntimeError> {
-        const ACTION: &str = "setting the password";
-        let client = self.connect_sql(server, ACTION).await?;
-        let sql = format!(
-            "ALTER ROLE {SUPERUSER} PASSWORD {}",
-            quote_literal(password)
-        );
-        client
-            .batch_execute(&sql)
-            .await
-            .map_err(sql_err(ACTION, server))
+        admin::set_password(server, password).await
     }
 
     async fn connection_count(&self, server: &ServerHandle) -> Result<u32, RuntimeError> {
-        const ACTION: &str = "counting connections";
-        let client = self.connect_sql(server, ACTION).await?;
-        let row = client
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity \
-                 WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()",
-                &[],
-            )
-            .await
-            .map_err(sql_err(ACTION, server))?;
-        let count: i64 = row.get(0);
-        Ok(u32::try_from(count).unwrap_or(u32::MAX))
+        admin::connection_count(server).await
     }
 
     async fn run_psql(
@@ -1187,21 +1138,6 @@ fn random_suffix() -> String {
     hex::encode(bytes)
 }
 
-/// An SQL string literal that is right whatever standard_conforming_strings says.
-fn quote_literal(value: &str) -> String {
-    let mut out = String::with_capacity(value.len() + 3);
-    out.push_str("E'");
-    for c in value.chars() {
-        match c {
-            '\'' => out.push_str("''"),
-            '\\' => out.push_str("\\\\"),
-            c => out.push(c),
-        }
-    }
-    out.push('\'');
-    out
-}
-
 fn not_found(e: &DockerError) -> bool {
     matches!(
         e,
@@ -1237,18 +1173,6 @@ fn io_err(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> Runtim
 
 fn docker_err(action: String) -> impl FnOnce(DockerError) -> RuntimeError {
     move |source| RuntimeError::Docker { action, source }
-}
-
-fn sql_err(
-    action: &'static str,
-    server: &ServerHandle,
-) -> impl FnOnce(tokio_postgres::Error) -> RuntimeError {
-    let socket_dir = server.socket_dir.clone();
-    move |source| RuntimeError::Sql {
-        action,
-        socket_dir,
-        source,
-    }
 }
 
 #[cfg(test)]

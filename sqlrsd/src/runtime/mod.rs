@@ -2,6 +2,7 @@
 //! PostgreSQL servers. The engine sees only the narrow [`Runtime`] trait; the
 //! native implementation drives the host's PostgreSQL binaries.
 
+mod admin;
 pub mod docker;
 mod native;
 

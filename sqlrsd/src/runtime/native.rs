@@ -15,6 +15,7 @@ use tokio::io::{AsyncRead, AsyncReadExt as _};
 use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
 
+use super::admin::{self, SUPERUSER};
 use super::{
     PsqlOutput, Runtime, RuntimeError, RuntimeInfo, ServerHandle, ServerOptions, loopback_dsn,
 };
@@ -32,7 +33,6 @@ const INITDB_ARGS: &[&str] = &[
 /// the base cluster the same on every machine (and matches the Docker images).
 const INITDB_TIMEZONE: &str = "UTC";
 
-const SUPERUSER: &str = "postgres";
 const READY_POLL: Duration = Duration::from_millis(5);
 const READY_TIMEOUT: Duration = Duration::from_secs(120);
 const PORT_ATTEMPTS: usize = 8;
@@ -263,30 +263,6 @@ impl NativeRuntime {
             tokio::time::sleep(READY_POLL).await;
         }
     }
-
-    async fn connect(
-        &self,
-        server: &ServerHandle,
-        action: &'static str,
-    ) -> Result<tokio_postgres::Client, RuntimeError> {
-        let mut cfg = tokio_postgres::Config::new();
-        cfg.host_path(&server.socket_dir)
-            .port(server.port)
-            .user(SUPERUSER)
-            .dbname("postgres")
-            .application_name("sqlrsd")
-            .connect_timeout(Duration::from_secs(10));
-        let (client, connection) = cfg
-            .connect(tokio_postgres::NoTls)
-            .await
-            .map_err(sql_err(action, server))?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!("control connection closed: {e}");
-            }
-        });
-        Ok(client)
-    }
 }
 
 /// Why one start attempt failed: a taken port is worth another try.
@@ -423,12 +399,7 @@ impl Runtime for NativeRuntime {
     }
 
     async fn checkpoint(&self, server: &ServerHandle) -> Result<(), RuntimeError> {
-        const ACTION: &str = "CHECKPOINT";
-        let client = self.connect(server, ACTION).await?;
-        client
-            .batch_execute("CHECKPOINT")
-            .await
-            .map_err(sql_err(ACTION, server))
+        admin::checkpoint(server).await
     }
 
     async fn set_password(
@@ -436,31 +407,11 @@ impl Runtime for NativeRuntime {
         server: &ServerHandle,
         password: &str,
     ) -> Result<(), RuntimeError> {
-        const ACTION: &str = "setting the password";
-        let client = self.connect(server, ACTION).await?;
-        let sql = format!(
-            "ALTER ROLE {SUPERUSER} PASSWORD {}",
-            quote_literal(password)
-        );
-        client
-            .batch_execute(&sql)
-            .await
-            .map_err(sql_err(ACTION, server))
+        admin::set_password(server, password).await
     }
 
     async fn connection_count(&self, server: &ServerHandle) -> Result<u32, RuntimeError> {
-        const ACTION: &str = "counting connections";
-        let client = self.connect(server, ACTION).await?;
-        let row = client
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity \
-                 WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()",
-                &[],
-            )
-            .await
-            .map_err(sql_err(ACTION, server))?;
-        let count: i64 = row.get(0);
-        Ok(u32::try_from(count).unwrap_or(u32::MAX))
+        admin::connection_count(server).await
     }
 
     async fn run_psql(
@@ -963,21 +914,6 @@ fn log_tail(log: &Path, from: u64) -> String {
     lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join("\n")
 }
 
-/// An SQL string literal that is right whatever standard_conforming_strings says.
-fn quote_literal(value: &str) -> String {
-    let mut out = String::with_capacity(value.len() + 3);
-    out.push_str("E'");
-    for c in value.chars() {
-        match c {
-            '\'' => out.push_str("''"),
-            '\\' => out.push_str("\\\\"),
-            c => out.push(c),
-        }
-    }
-    out.push('\'');
-    out
-}
-
 fn exit_code(status: ExitStatus) -> i32 {
     use std::os::unix::process::ExitStatusExt as _;
     status
@@ -1004,18 +940,6 @@ fn io_err(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> Runtim
     move |source| RuntimeError::Io {
         action,
         path,
-        source,
-    }
-}
-
-fn sql_err(
-    action: &'static str,
-    server: &ServerHandle,
-) -> impl FnOnce(tokio_postgres::Error) -> RuntimeError {
-    let socket_dir = server.socket_dir.clone();
-    move |source| RuntimeError::Sql {
-        action,
-        socket_dir,
         source,
     }
 }
@@ -1103,7 +1027,7 @@ mod tests {
             ("back\\slash", "E'back\\\\slash'"),
         ];
         for (value, want) in cases {
-            assert_eq!(quote_literal(value), want);
+            assert_eq!(admin::quote_literal(value), want);
         }
     }
 
