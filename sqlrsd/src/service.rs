@@ -91,6 +91,12 @@ fn status(code: Code, reason: &str, message: String) -> Status {
     s
 }
 
+impl From<crate::index::IndexError> for Status {
+    fn from(e: crate::index::IndexError) -> Self {
+        EngineError::from(e).into()
+    }
+}
+
 impl From<EngineError> for Status {
     fn from(e: EngineError) -> Self {
         let code = match &e {
@@ -254,10 +260,7 @@ type EventStream = Pin<Box<dyn Stream<Item = Result<pb::JobEvent, Status>> + Sen
 /// Replays a job's stored events, then follows the live ones until the final
 /// event. Lagging followers catch up from the index.
 fn follow(engine: Arc<Engine>, job_id: String) -> Result<EventStream, Status> {
-    let (past, rx) = engine
-        .jobs
-        .follow(&job_id)
-        .map_err(|e| Status::from(EngineError::from(e)))?;
+    let (past, rx) = engine.jobs.follow(&job_id).map_err(Status::from)?;
     let (tx, out) = tokio::sync::mpsc::channel(64);
     tokio::spawn(async move {
         let mut last = 0u64;
@@ -346,7 +349,7 @@ impl Sqlrs for Service {
             .engine
             .jobs
             .create("prepare", input.args.join(" "))
-            .map_err(|e| Status::from(EngineError::from(e)))?;
+            .map_err(Status::from)?;
         // Follow before the job starts so no event is missed.
         let stream = follow(self.engine.clone(), job.id.clone())?;
         tokio::spawn(self.engine.clone().run_prepare(job, input));
@@ -380,11 +383,7 @@ impl Sqlrs for Service {
         self.check(&req)?;
         let id = self.resolve_job(&req.into_inner().job_id)?;
         let cancelled = self.engine.jobs.cancel(&id);
-        let job = self
-            .engine
-            .index
-            .job(&id)
-            .map_err(|e| Status::from(EngineError::from(e)))?;
+        let job = self.engine.index.job(&id).map_err(Status::from)?;
         Ok(Response::new(pb::CancelJobReply {
             cancelled,
             status: job
@@ -398,11 +397,7 @@ impl Sqlrs for Service {
         req: Request<pb::ListJobsRequest>,
     ) -> Result<Response<pb::ListJobsReply>, Status> {
         self.check(&req)?;
-        let mut jobs = self
-            .engine
-            .index
-            .jobs()
-            .map_err(|e| Status::from(EngineError::from(e)))?;
+        let mut jobs = self.engine.index.jobs().map_err(Status::from)?;
         jobs.sort_by_key(|j| j.created_at_ms);
         Ok(Response::new(pb::ListJobsReply {
             jobs: jobs.iter().map(pb_job).collect(),
@@ -415,11 +410,7 @@ impl Sqlrs for Service {
     ) -> Result<Response<pb::ListTasksReply>, Status> {
         self.check(&req)?;
         let wanted = req.into_inner().job_id;
-        let mut jobs = self
-            .engine
-            .index
-            .jobs()
-            .map_err(|e| Status::from(EngineError::from(e)))?;
+        let mut jobs = self.engine.index.jobs().map_err(Status::from)?;
         if !wanted.is_empty() {
             let id = self.resolve_job(&wanted)?;
             jobs.retain(|j| j.id == id);
@@ -580,11 +571,7 @@ impl Sqlrs for Service {
 
 impl Service {
     fn resolve_job(&self, prefix: &str) -> Result<String, Status> {
-        let jobs = self
-            .engine
-            .index
-            .jobs()
-            .map_err(|e| Status::from(EngineError::from(e)))?;
+        let jobs = self.engine.index.jobs().map_err(Status::from)?;
         Ok(Engine::resolve(
             "job",
             prefix,

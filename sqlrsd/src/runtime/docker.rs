@@ -8,7 +8,6 @@
 //! their own paths, so psql runs inside the container with host paths as given.
 
 use std::collections::HashMap;
-use std::ffi::CString;
 use std::fs;
 use std::io;
 use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
@@ -1066,7 +1065,7 @@ fn server_account() -> Result<Account, RuntimeError> {
             chown: false,
         });
     }
-    let (uid, gid) = lookup_user(SUPERUSER)
+    let (uid, gid) = super::lookup_user(SUPERUSER)
         .map_err(io_err("look up the account in", Path::new("/etc/passwd")))?
         .ok_or_else(|| RuntimeError::NoServerUser {
             user: SUPERUSER.into(),
@@ -1077,33 +1076,6 @@ fn server_account() -> Result<Account, RuntimeError> {
         gid,
         chown: true,
     })
-}
-
-/// uid and gid of the account `name`, if it exists.
-fn lookup_user(name: &str) -> io::Result<Option<(u32, u32)>> {
-    let cname = CString::new(name).map_err(io::Error::other)?;
-    let mut buf = vec![0u8; 4096];
-    loop {
-        // SAFETY: `passwd` is plain data; all-zero is a valid value.
-        let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
-        let mut result: *mut libc::passwd = std::ptr::null_mut();
-        // SAFETY: every pointer refers to live memory of the stated size.
-        let rc = unsafe {
-            libc::getpwnam_r(
-                cname.as_ptr(),
-                &mut pwd,
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-                &mut result,
-            )
-        };
-        match rc {
-            0 if result.is_null() => return Ok(None),
-            0 => return Ok(Some((pwd.pw_uid, pwd.pw_gid))),
-            libc::ERANGE if buf.len() < 1 << 20 => buf.resize(buf.len() * 2, 0),
-            errno => return Err(io::Error::from_raw_os_error(errno)),
-        }
-    }
 }
 
 fn parse_version(text: &str) -> Option<String> {

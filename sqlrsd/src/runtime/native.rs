@@ -2,7 +2,7 @@
 //! unprivileged account when the daemon is root, detached from the daemon so
 //! instances outlive it.
 
-use std::ffi::{CString, OsString};
+use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read as _, Seek as _, SeekFrom};
 use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
@@ -648,7 +648,7 @@ fn server_account(cfg: &NativeConfig) -> Result<Account, RuntimeError> {
         });
     }
     let name = cfg.server_user.clone().unwrap_or_else(|| SUPERUSER.into());
-    let (uid, gid) = lookup_user(&name)
+    let (uid, gid) = super::lookup_user(&name)
         .map_err(io_err("look up the account in", Path::new("/etc/passwd")))?
         .ok_or_else(|| RuntimeError::NoServerUser { user: name.clone() })?;
     if uid == 0 {
@@ -660,33 +660,6 @@ fn server_account(cfg: &NativeConfig) -> Result<Account, RuntimeError> {
         gid,
         switch: true,
     })
-}
-
-/// uid and gid of the account `name`, if it exists.
-fn lookup_user(name: &str) -> io::Result<Option<(u32, u32)>> {
-    let cname = CString::new(name).map_err(io::Error::other)?;
-    let mut buf = vec![0u8; 4096];
-    loop {
-        // SAFETY: `passwd` is plain data; all-zero is a valid value.
-        let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
-        let mut result: *mut libc::passwd = std::ptr::null_mut();
-        // SAFETY: every pointer refers to live memory of the stated size.
-        let rc = unsafe {
-            libc::getpwnam_r(
-                cname.as_ptr(),
-                &mut pwd,
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-                &mut result,
-            )
-        };
-        match rc {
-            0 if result.is_null() => return Ok(None),
-            0 => return Ok(Some((pwd.pw_uid, pwd.pw_gid))),
-            libc::ERANGE if buf.len() < 1 << 20 => buf.resize(buf.len() * 2, 0),
-            errno => return Err(io::Error::from_raw_os_error(errno)),
-        }
-    }
 }
 
 fn user_name(uid: u32) -> Option<String> {
