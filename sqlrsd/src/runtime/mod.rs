@@ -290,6 +290,33 @@ pub(crate) fn loopback_dsn(port: u16, password: &str) -> String {
     format!("postgres://postgres:{encoded}@127.0.0.1:{port}/postgres")
 }
 
+/// uid and gid of the account `name`, if it exists.
+pub(crate) fn lookup_user(name: &str) -> io::Result<Option<(u32, u32)>> {
+    let cname = CString::new(name).map_err(io::Error::other)?;
+    let mut buf = vec![0u8; 4096];
+    loop {
+        // SAFETY: `passwd` is plain data; all-zero is a valid value.
+        let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
+        let mut result: *mut libc::passwd = std::ptr::null_mut();
+        // SAFETY: every pointer refers to live memory of the stated size.
+        let rc = unsafe {
+            libc::getpwnam_r(
+                cname.as_ptr(),
+                &mut pwd,
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                &mut result,
+            )
+        };
+        match rc {
+            0 if result.is_null() => return Ok(None),
+            0 => return Ok(Some((pwd.pw_uid, pwd.pw_gid))),
+            libc::ERANGE if buf.len() < 1 << 20 => buf.resize(buf.len() * 2, 0),
+            errno => return Err(io::Error::from_raw_os_error(errno)),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -322,33 +349,6 @@ mod tests {
         ];
         for (password, want) in cases {
             assert_eq!(loopback_dsn(5432, password), want, "{password}");
-        }
-    }
-}
-
-/// uid and gid of the account `name`, if it exists.
-pub(crate) fn lookup_user(name: &str) -> io::Result<Option<(u32, u32)>> {
-    let cname = CString::new(name).map_err(io::Error::other)?;
-    let mut buf = vec![0u8; 4096];
-    loop {
-        // SAFETY: `passwd` is plain data; all-zero is a valid value.
-        let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
-        let mut result: *mut libc::passwd = std::ptr::null_mut();
-        // SAFETY: every pointer refers to live memory of the stated size.
-        let rc = unsafe {
-            libc::getpwnam_r(
-                cname.as_ptr(),
-                &mut pwd,
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-                &mut result,
-            )
-        };
-        match rc {
-            0 if result.is_null() => return Ok(None),
-            0 => return Ok(Some((pwd.pw_uid, pwd.pw_gid))),
-            libc::ERANGE if buf.len() < 1 << 20 => buf.resize(buf.len() * 2, 0),
-            errno => return Err(io::Error::from_raw_os_error(errno)),
         }
     }
 }
