@@ -671,28 +671,22 @@ impl Engine {
             } else {
                 chain.ids[k - 1].to_hex()
             };
-            if self.snapshotter.atomic() {
+            let atomic = self.snapshotter.atomic();
+            if atomic {
                 runtime.checkpoint(&server).await?;
-                self.record_state(
-                    &id,
-                    Some(parent_id),
-                    step.summary.clone(),
-                    &label,
-                    &data,
-                    started,
-                )
-                .await?;
             } else {
                 runtime.stop(&server).await?;
-                self.record_state(
-                    &id,
-                    Some(parent_id),
-                    step.summary.clone(),
-                    &label,
-                    &data,
-                    started,
-                )
-                .await?;
+            }
+            self.record_state(
+                &id,
+                Some(parent_id),
+                step.summary.clone(),
+                &label,
+                &data,
+                started,
+            )
+            .await?;
+            if !atomic {
                 server = runtime.start(&data, &run, &Self::server_options()).await?;
                 record.server = Some(server.clone());
             }
