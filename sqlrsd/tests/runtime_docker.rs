@@ -170,8 +170,8 @@ async fn a_missing_daemon_or_image_gives_a_clear_error() {
             },
             vec![
                 "Docker is not reachable at unix:///nonexistent/docker.sock",
-                "start dockerd or set DOCKER_HOST",
-                "runtime = native",
+                "runtime.docker.host in the sqlrs config (else DOCKER_HOST)",
+                "runtime.kind = native",
             ],
         ),
         (
