@@ -28,6 +28,7 @@ use tokio_stream::StreamExt as _;
 use tokio_util::sync::CancellationToken;
 
 use super::admin::{self, SUPERUSER, sql_err};
+use super::launch::{self, Launch};
 use super::{
     PsqlOutput, Runtime, RuntimeError, RuntimeInfo, ServerHandle, ServerOptions, loopback_dsn,
 };
@@ -63,7 +64,6 @@ const READY_POLL: Duration = Duration::from_millis(5);
 const STATE_POLL: Duration = Duration::from_millis(200);
 const READY_TIMEOUT: Duration = Duration::from_secs(120);
 const STOP_TIMEOUT_SECS: i32 = 60;
-const PORT_ATTEMPTS: usize = 8;
 const CANCEL_GRACE: Duration = Duration::from_secs(3);
 const LOG_TAIL_LINES: usize = 40;
 const SHM_SIZE: i64 = 256 << 20;
@@ -821,18 +821,6 @@ impl DockerRuntime {
     }
 }
 
-/// Why one start attempt failed: a taken port is worth another try.
-enum Launch {
-    PortTaken(RuntimeError),
-    Failed(RuntimeError),
-}
-
-impl From<RuntimeError> for Launch {
-    fn from(e: RuntimeError) -> Self {
-        Launch::Failed(e)
-    }
-}
-
 #[async_trait]
 impl Runtime for DockerRuntime {
     fn info(&self) -> RuntimeInfo {
@@ -907,26 +895,14 @@ impl Runtime for DockerRuntime {
         let run_dir = absolute(run_dir)?;
         self.prepare_data_dir(&data_dir).await?;
         self.prepare_run_dir(&run_dir)?;
-        let mut last = None;
-        for _ in 0..PORT_ATTEMPTS {
-            let port = free_port()?;
-            match self.launch(&data_dir, &run_dir, port, opts).await {
-                Ok(server) => {
-                    tracing::debug!(
-                        pid = server.pid, port, dir = %data_dir.display(),
-                        elapsed_ms = started.elapsed().as_millis() as u64,
-                        "server container ready"
-                    );
-                    return Ok(server);
-                }
-                Err(Launch::PortTaken(e)) => {
-                    tracing::debug!(port, "port taken, trying another");
-                    last = Some(e);
-                }
-                Err(Launch::Failed(e)) => return Err(e),
-            }
-        }
-        Err(last.expect("PORT_ATTEMPTS is not zero"))
+        let server =
+            launch::on_free_port(|port| self.launch(&data_dir, &run_dir, port, opts)).await?;
+        tracing::debug!(
+            pid = server.pid, port = server.port, dir = %data_dir.display(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "server container ready"
+        );
+        Ok(server)
     }
 
     async fn stop(&self, server: &ServerHandle) -> Result<(), RuntimeError> {
@@ -1091,17 +1067,6 @@ fn parse_version(text: &str) -> Option<String> {
 fn postmaster_ready(data_dir: &Path) -> bool {
     fs::read_to_string(data_dir.join("postmaster.pid"))
         .is_ok_and(|c| c.lines().nth(7).map(str::trim) == Some("ready"))
-}
-
-/// A port on 127.0.0.1 that was free a moment ago.
-fn free_port() -> Result<u16, RuntimeError> {
-    let listener = std::net::TcpListener::bind(("127.0.0.1", 0))
-        .map_err(io_err("find a free port on", Path::new("127.0.0.1")))?;
-    let port = listener
-        .local_addr()
-        .map_err(io_err("find a free port on", Path::new("127.0.0.1")))?
-        .port();
-    Ok(port)
 }
 
 fn random_suffix() -> String {

@@ -4,6 +4,7 @@
 
 mod admin;
 pub mod docker;
+mod launch;
 mod native;
 
 use std::ffi::CString;

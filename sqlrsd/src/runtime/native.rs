@@ -16,6 +16,7 @@ use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
 
 use super::admin::{self, SUPERUSER};
+use super::launch::{self, Launch};
 use super::{
     PsqlOutput, Runtime, RuntimeError, RuntimeInfo, ServerHandle, ServerOptions, loopback_dsn,
 };
@@ -35,7 +36,6 @@ const INITDB_TIMEZONE: &str = "UTC";
 
 const READY_POLL: Duration = Duration::from_millis(5);
 const READY_TIMEOUT: Duration = Duration::from_secs(120);
-const PORT_ATTEMPTS: usize = 8;
 /// Fast shutdown, then immediate shutdown, then SIGKILL, each with its grace time.
 const STOP_SIGNALS: &[(libc::c_int, Duration)] = &[
     (libc::SIGINT, Duration::from_secs(60)),
@@ -265,18 +265,6 @@ impl NativeRuntime {
     }
 }
 
-/// Why one start attempt failed: a taken port is worth another try.
-enum Launch {
-    PortTaken(RuntimeError),
-    Failed(RuntimeError),
-}
-
-impl From<RuntimeError> for Launch {
-    fn from(e: RuntimeError) -> Self {
-        Launch::Failed(e)
-    }
-}
-
 #[async_trait]
 impl Runtime for NativeRuntime {
     fn info(&self) -> RuntimeInfo {
@@ -343,26 +331,14 @@ impl Runtime for NativeRuntime {
         let run_dir = absolute(run_dir)?;
         self.prepare_data_dir(&data_dir)?;
         self.prepare_run_dir(&run_dir)?;
-        let mut last = None;
-        for _ in 0..PORT_ATTEMPTS {
-            let port = free_port()?;
-            match self.launch(&data_dir, &run_dir, port, opts).await {
-                Ok(server) => {
-                    tracing::debug!(
-                        pid = server.pid, port, dir = %data_dir.display(),
-                        elapsed_ms = started.elapsed().as_millis() as u64,
-                        "server ready"
-                    );
-                    return Ok(server);
-                }
-                Err(Launch::PortTaken(e)) => {
-                    tracing::debug!(port, "port taken, trying another");
-                    last = Some(e);
-                }
-                Err(Launch::Failed(e)) => return Err(e),
-            }
-        }
-        Err(last.expect("PORT_ATTEMPTS is not zero"))
+        let server =
+            launch::on_free_port(|port| self.launch(&data_dir, &run_dir, port, opts)).await?;
+        tracing::debug!(
+            pid = server.pid, port = server.port, dir = %data_dir.display(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "server ready"
+        );
+        Ok(server)
     }
 
     async fn stop(&self, server: &ServerHandle) -> Result<(), RuntimeError> {
@@ -736,17 +712,6 @@ fn server_settings(
         format!("fsync={durability}"),
         format!("synchronous_commit={durability}"),
     ])
-}
-
-/// A port on 127.0.0.1 that was free a moment ago.
-fn free_port() -> Result<u16, RuntimeError> {
-    let listener = std::net::TcpListener::bind(("127.0.0.1", 0))
-        .map_err(io_err("find a free port on", Path::new("127.0.0.1")))?;
-    let port = listener
-        .local_addr()
-        .map_err(io_err("find a free port on", Path::new("127.0.0.1")))?
-        .port();
-    Ok(port)
 }
 
 /// The pid on the first line of a postmaster.pid.
