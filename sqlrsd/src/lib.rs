@@ -9,6 +9,7 @@ pub mod engine;
 pub mod ids;
 pub mod index;
 pub mod jobs;
+pub mod liquibase;
 pub mod model;
 pub mod planner;
 pub mod runtime;
