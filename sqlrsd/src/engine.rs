@@ -6,7 +6,7 @@
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::blobs::{self, BlobStore};
 use crate::ids::{self, StateId};
@@ -20,7 +20,7 @@ use crate::planner::{self, PsqlRequest, Step};
 use crate::runtime::docker::{ExecOptions, OutputStream};
 use crate::runtime::{Runtime, RuntimeError, ServerHandle, ServerOptions, generate_password};
 use crate::runtimes::{Runtimes, Selected};
-use crate::snapshot::Snapshotter;
+use crate::snapshot::{self, Snapshotter};
 use crate::store::Store;
 
 /// What a client asks to prepare.
@@ -642,9 +642,10 @@ impl Engine {
                 t.started_at_ms = now_ms();
             });
             let step = &chain.steps[k];
-            let outcome = self
-                .run_step(job, runtime, &server, step, &exec_root, k)
-                .await;
+            let outcome = tokio::select! {
+                outcome = self.run_step(job, runtime, &server, step, &exec_root, k) => outcome,
+                never = write_back_while_running(&data) => match never {},
+            };
             if let Err(stop) = outcome {
                 let status = match stop {
                     Stop::Cancelled => RunStatus::Cancelled,
@@ -1332,6 +1333,26 @@ impl Engine {
             .map(|v| v.iter().map(|s| s.size_bytes).sum())
             .unwrap_or(0);
         states + dir_size(&self.store.blobs_dir())
+    }
+}
+
+/// How often the data a running step writes is pushed to disk.
+const WRITE_BACK_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Writes back the store's dirty data every [`WRITE_BACK_INTERVAL`] until
+/// dropped: the disk works while the step does, so the snapshot that follows
+/// (which must make the state durable) finds little left to write.
+async fn write_back_while_running(data: &Path) -> std::convert::Infallible {
+    let mut tick = tokio::time::interval(WRITE_BACK_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let path = data.to_owned();
+        let flushed = tokio::task::spawn_blocking(move || snapshot::write_back(&path)).await;
+        if let Ok(Err(e)) = flushed {
+            tracing::debug!("background write-back failed: {e}");
+        }
     }
 }
 

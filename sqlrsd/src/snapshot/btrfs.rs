@@ -75,10 +75,7 @@ impl Snapshotter for BtrfsSnapshotter {
     }
 
     fn clone_writable(&self, src: &Path, dst: &Path) -> Result<(), SnapshotError> {
-        made_or_cleaned(self, dst, || {
-            snapshot_or_copy(src, dst, false)?;
-            sync_filesystem(dst)
-        })
+        made_or_cleaned(self, dst, || snapshot_or_copy(src, dst, false))
     }
 
     fn snapshot(&self, src: &Path, dst: &Path) -> Result<(), SnapshotError> {

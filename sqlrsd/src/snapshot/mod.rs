@@ -43,8 +43,10 @@ pub trait Snapshotter: Send + Sync {
     /// Creates an empty writable directory (mode 0700, owned by the caller) that
     /// clone/snapshot can later take (btrfs: a subvolume). `path` must not exist.
     fn create_empty(&self, path: &Path) -> Result<(), SnapshotError>;
-    /// A writable copy of `src` at `dst` (dst must not exist, its parent must),
-    /// synced to disk before returning.
+    /// A writable copy of `src` at `dst` (dst must not exist, its parent must).
+    /// Not synced: instances are disposable and their servers run without
+    /// fsync, so a crash loses an instance's writes either way, and the
+    /// source is a state that is durable already.
     fn clone_writable(&self, src: &Path, dst: &Path) -> Result<(), SnapshotError>;
     /// An immutable, durable copy of `src` at `dst` (btrfs: read-only snapshot);
     /// synced to disk (syncfs) before returning. The copy and reflink backends
@@ -192,6 +194,15 @@ fn made_or_cleaned(
         let _ = snapshotter.remove(dst);
     }
     result
+}
+
+/// Starts writing back what is dirty on the filesystem holding `path` and
+/// waits for it (syncfs). Called while a build step runs, so the data the
+/// step writes reaches the disk alongside the step rather than all at once
+/// when the step's state is snapshotted (a btrfs snapshot flushes its source
+/// first; the copy backends sync what they copied).
+pub fn write_back(path: &Path) -> Result<(), SnapshotError> {
+    sync_filesystem(path)
 }
 
 /// Flushes the filesystem holding `path` to disk (syncfs).

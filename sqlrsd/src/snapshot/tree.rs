@@ -35,10 +35,13 @@ impl TreeSnapshotter {
         TreeSnapshotter { content }
     }
 
-    fn copy(&self, src: &Path, dst: &Path) -> Result<(), SnapshotError> {
+    fn copy(&self, src: &Path, dst: &Path, durable: bool) -> Result<(), SnapshotError> {
         made_or_cleaned(self, dst, || {
             copy_tree(src, dst, self.content)?;
-            sync_filesystem(dst)
+            if durable {
+                sync_filesystem(dst)?;
+            }
+            Ok(())
         })
     }
 }
@@ -63,11 +66,11 @@ impl Snapshotter for TreeSnapshotter {
     }
 
     fn clone_writable(&self, src: &Path, dst: &Path) -> Result<(), SnapshotError> {
-        self.copy(src, dst)
+        self.copy(src, dst, false)
     }
 
     fn snapshot(&self, src: &Path, dst: &Path) -> Result<(), SnapshotError> {
-        self.copy(src, dst)
+        self.copy(src, dst, true)
     }
 
     fn remove(&self, path: &Path) -> Result<(), SnapshotError> {
