@@ -28,10 +28,14 @@ fn bench_sqlrs(sqlrs: &Sqlrs, label: &str, ds: &Dataset, project: &Path, rows: &
         what: format!("(c) sqlrs cache-hit prepare, {label}"),
         median: median(hits),
     });
-    // (d): edit the last step (a new comment line each time) and prepare.
+    // (d): edit the last step (a new comment line each time) and prepare,
+    // each run followed by its baseline, the last step alone replayed by psql
+    // on an instance of the state before it: the pairs share whatever else
+    // the machine is doing.
     let last = ds.args.last().unwrap().clone();
+    let prefix = &ds.args[..ds.args.len() - 2];
     let original = std::fs::read(project.join(&last)).unwrap();
-    let mut edits = Vec::new();
+    let (mut edits, mut alone) = (Vec::new(), Vec::new());
     for i in 0..ds.runs {
         let mut edited = original.clone();
         edited.extend_from_slice(format!("\n-- edit {label} {i}\n").as_bytes());
@@ -40,17 +44,7 @@ fn bench_sqlrs(sqlrs: &Sqlrs, label: &str, ds: &Dataset, project: &Path, rows: &
         // The edited state is not needed again: free its space.
         sqlrs.rm(project, v["state_id"].as_str().unwrap());
         edits.push(t);
-    }
-    std::fs::write(project.join(&last), &original).unwrap();
-    rows.push(Row {
-        dataset: ds.name,
-        what: format!("(d) sqlrs after editing the last step, {label}"),
-        median: median(edits),
-    });
-    // The last step alone, replayed by psql on an instance of the state before it.
-    let prefix = &ds.args[..ds.args.len() - 2];
-    let mut alone = Vec::new();
-    for i in 0..ds.runs {
+        std::fs::write(project.join(&last), &original).unwrap();
         if prefix.is_empty() {
             // A one-step chain: its step alone runs on an empty cluster.
             let server = PlainServer::start(&sqlrs.root, &format!("{}-alone-{i}", ds.name));
@@ -61,6 +55,11 @@ fn bench_sqlrs(sqlrs: &Sqlrs, label: &str, ds: &Dataset, project: &Path, rows: &
         alone.push(psql(&dsn, &["-f", &last], project));
         sqlrs.rm(project, &id);
     }
+    rows.push(Row {
+        dataset: ds.name,
+        what: format!("(d) sqlrs after editing the last step, {label}"),
+        median: median(edits),
+    });
     rows.push(Row {
         dataset: ds.name,
         what: format!("last step alone (psql), {label}"),

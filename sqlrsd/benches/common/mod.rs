@@ -45,7 +45,20 @@ pub fn read_dir_files(dir: &Path) -> Vec<(String, Vec<u8>)> {
     out
 }
 
+/// The benchmark datasets; `SQLRS_BENCH_DATASETS` (comma-separated names)
+/// keeps only some of them.
 pub fn datasets(runs: usize) -> Vec<Dataset> {
+    let wanted = std::env::var("SQLRS_BENCH_DATASETS").ok();
+    let mut all = all_datasets(runs);
+    if let Some(wanted) = wanted {
+        let names: Vec<&str> = wanted.split(',').map(str::trim).collect();
+        all.retain(|d| names.contains(&d.name));
+        assert!(!all.is_empty(), "SQLRS_BENCH_DATASETS={wanted} names no dataset");
+    }
+    all
+}
+
+fn all_datasets(runs: usize) -> Vec<Dataset> {
     let d = datasets_dir();
     let args = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
     vec![
