@@ -53,7 +53,10 @@ pub fn datasets(runs: usize) -> Vec<Dataset> {
     if let Some(wanted) = wanted {
         let names: Vec<&str> = wanted.split(',').map(str::trim).collect();
         all.retain(|d| names.contains(&d.name));
-        assert!(!all.is_empty(), "SQLRS_BENCH_DATASETS={wanted} names no dataset");
+        assert!(
+            !all.is_empty(),
+            "SQLRS_BENCH_DATASETS={wanted} names no dataset"
+        );
     }
     all
 }
