@@ -3,7 +3,7 @@
 //! (which of them take a value, where its scripts come from).
 
 /// Commands after which a composite `run` may follow.
-const PREPARE_COMMANDS: &[&str] = &["prepare", "prepare:psql"];
+const PREPARE_COMMANDS: &[&str] = &["prepare", "prepare:psql", "prepare:lb"];
 /// Tokens that start the run half of a composite.
 const RUN_COMMANDS: &[&str] = &["run", "run:psql", "run:pgbench"];
 /// sqlrs options (before `--`) whose value is the next token.
@@ -273,6 +273,11 @@ mod tests {
                 "sqlrs prepare:psql -- -f a.sql run:pgbench -- -c 4 -T 10",
                 "sqlrs prepare:psql -- -f a.sql",
                 Some("run:pgbench -- -c 4 -T 10"),
+            ),
+            (
+                "sqlrs prepare:lb -- update --changelog-file=db/changelog.xml run:psql -- -f t.sql",
+                "sqlrs prepare:lb -- update --changelog-file=db/changelog.xml",
+                Some("run:psql -- -f t.sql"),
             ),
             (
                 "sqlrs prepare db --image pg:17 run:pgbench -- -S",

@@ -67,6 +67,16 @@ pub enum Command {
         #[arg(last = true, required = true, value_name = "PSQL ARGS")]
         args: Vec<String>,
     },
+    /// Build (or reuse) the state a Liquibase changelog makes, one state per changeset; prints DSN=…
+    #[command(name = "prepare:lb")]
+    PrepareLb {
+        #[command(flatten)]
+        engine: EngineArgs,
+        /// Liquibase arguments: update --changelog-file FILE [--search-path …]
+        /// [--contexts …] [--label-filter …] [-Dname=value …]; sqlrs supplies the connection.
+        #[arg(last = true, required = true, value_name = "LIQUIBASE ARGS")]
+        args: Vec<String>,
+    },
     /// Prepare from the alias file NAME.prep.s9s.yaml (searched up to the workspace root).
     Prepare {
         /// Alias name (or a path to its file).
@@ -81,6 +91,14 @@ pub enum Command {
         #[command(flatten)]
         engine: EngineArgs,
         #[arg(last = true, required = true, value_name = "PSQL ARGS")]
+        args: Vec<String>,
+    },
+    /// Show the changesets a prepare:lb would apply, their state ids and which are cached.
+    #[command(name = "plan:lb")]
+    PlanLb {
+        #[command(flatten)]
+        engine: EngineArgs,
+        #[arg(last = true, required = true, value_name = "LIQUIBASE ARGS")]
         args: Vec<String>,
     },
     /// Plan from the alias file NAME.prep.s9s.yaml.

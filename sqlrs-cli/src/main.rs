@@ -92,6 +92,7 @@ async fn dispatch(ctx: Ctx, command: Command, then: Option<Command>) -> anyhow::
     if let Some(then) = then {
         let spec = match command {
             Command::PreparePsql { engine, args } => spec(Source::Psql(args), engine),
+            Command::PrepareLb { engine, args } => spec(Source::Lb(args), engine),
             Command::Prepare { name, engine } => spec(Source::Alias(name), engine),
             _ => return Err(usage("only prepare can be followed by run")),
         };
@@ -130,11 +131,17 @@ async fn dispatch(ctx: Ctx, command: Command, then: Option<Command>) -> anyhow::
         Command::PreparePsql { engine, args } => {
             prepare::prepare(ctx, &spec(Source::Psql(args), engine)).await
         }
+        Command::PrepareLb { engine, args } => {
+            prepare::prepare(ctx, &spec(Source::Lb(args), engine)).await
+        }
         Command::Prepare { name, engine } => {
             prepare::prepare(ctx, &spec(Source::Alias(name), engine)).await
         }
         Command::PlanPsql { engine, args } => {
             prepare::plan(ctx, &spec(Source::Psql(args), engine)).await
+        }
+        Command::PlanLb { engine, args } => {
+            prepare::plan(ctx, &spec(Source::Lb(args), engine)).await
         }
         Command::Plan { name, engine } => {
             prepare::plan(ctx, &spec(Source::Alias(name), engine)).await

@@ -22,6 +22,8 @@ use crate::render;
 pub enum Source {
     /// psql arguments given on the command line.
     Psql(Vec<String>),
+    /// Liquibase arguments given on the command line (`update --changelog-file …`).
+    Lb(Vec<String>),
     /// The name (or path) of a `NAME.prep.s9s.yaml` alias file.
     Alias(String),
 }
@@ -48,6 +50,7 @@ fn request(spec: &Spec, cwd: &Path) -> anyhow::Result<PrepareRequest> {
     };
     let (kind, args, alias_path) = match &spec.source {
         Source::Psql(args) => ("psql".to_owned(), args.clone(), None),
+        Source::Lb(args) => ("lb".to_owned(), args.clone(), None),
         Source::Alias(name) => {
             let path = alias::find(cwd, name, AliasRole::Prepare)?;
             let alias = alias::load(&path)?;

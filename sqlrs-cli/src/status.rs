@@ -23,6 +23,10 @@ struct StatusView {
     state_count: u64,
     instance_count: u64,
     job_count: u64,
+    /// The Liquibase `prepare:lb` runs (version, Java, launcher), if any.
+    liquibase: Option<String>,
+    /// Why no Liquibase is usable, and how to install one.
+    liquibase_error: Option<String>,
 }
 
 impl StatusView {
@@ -40,6 +44,8 @@ impl StatusView {
             state_count: s.state_count,
             instance_count: s.instance_count,
             job_count: s.job_count,
+            liquibase: Some(s.liquibase.clone()).filter(|v| !v.is_empty()),
+            liquibase_error: Some(s.liquibase_error.clone()).filter(|v| !v.is_empty()),
         }
     }
 
@@ -77,6 +83,14 @@ impl StatusView {
             ]
             .map(|(n, what)| format!("{n} {what}{}", if n == 1 { "" } else { "s" }))
             .join(", "),
+        ));
+        rows.push((
+            "liquibase",
+            match (&self.liquibase, &self.liquibase_error) {
+                (Some(found), _) => found.clone(),
+                (None, Some(error)) => format!("not usable: {error}"),
+                (None, None) => "unknown".into(),
+            },
         ));
         let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
         rows.iter()
@@ -134,6 +148,8 @@ mod tests {
             job_count: 9,
             server_user: "postgres".into(),
             runtime_reason: "native: runtime.kind = native in the config".into(),
+            liquibase: String::new(),
+            liquibase_error: "Liquibase was not found (none on PATH); install it".into(),
         };
         let view = StatusView::new(&reply, 125_000);
         assert_eq!(
@@ -145,7 +161,17 @@ mod tests {
              server user  postgres\n\
              snapshotter  copy (ext4 has no reflinks or subvolumes)\n\
              store        /var/lib/sqlrs (3.0 GiB)\n\
-             contents     4 states, 1 instance, 9 jobs"
+             contents     4 states, 1 instance, 9 jobs\n\
+             liquibase    not usable: Liquibase was not found (none on PATH); install it"
+        );
+        let mut found = StatusView::new(&reply, 125_000);
+        found.liquibase = Some("Liquibase 4.28.0 on Java 17.0.15 (/opt/lb/liquibase)".into());
+        assert!(
+            found
+                .text()
+                .ends_with("\nliquibase    Liquibase 4.28.0 on Java 17.0.15 (/opt/lb/liquibase)"),
+            "{}",
+            found.text()
         );
         let mut prefixed = StatusView::new(&reply, 125_000);
         prefixed.snapshotter_reason = "copy: /s is on ext4 (no reflink)".into();

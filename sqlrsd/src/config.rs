@@ -12,6 +12,7 @@ pub struct Config {
     pub runtime: RuntimeConfig,
     pub dbms: DbmsConfig,
     pub jobs: JobsConfig,
+    pub liquibase: LiquibaseConfig,
 }
 
 impl Config {
@@ -81,6 +82,14 @@ impl Default for DockerSection {
             image: "postgres:17".into(),
         }
     }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LiquibaseConfig {
+    /// The Liquibase launcher; `SQLRS_LIQUIBASE` wins over it, `PATH` is
+    /// searched when neither is set.
+    pub exec: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -184,6 +193,8 @@ mod tests {
                 Ok("auto"),
             ),
             ("snapshot: [\n", Err("")),
+            ("liquibase:\n  exec: /opt/liquibase/liquibase\n", Ok("auto")),
+            ("liquibase:\n  path: /opt/lb\n", Err("unknown field `path`")),
         ];
         for (text, want) in cases {
             match (Config::parse(text), want) {

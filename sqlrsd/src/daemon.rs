@@ -104,10 +104,20 @@ pub async fn run(loc: Locations) -> Result<(), DaemonError> {
         jobs,
         blobs,
         runtimes,
-        detected.snapshotter,
-        detected.reason,
+        detected,
+        config.liquibase.exec.clone(),
     ));
     engine.reconcile().await?;
+    // Ask an installed Liquibase its version now (a JVM start), so neither
+    // `sqlrs status` nor the first prepare:lb waits for it.
+    {
+        let engine = engine.clone();
+        tokio::spawn(async move {
+            if let Err(e) = engine.liquibase.get().await {
+                tracing::debug!("Liquibase: {e}");
+            }
+        });
+    }
 
     let socket = loc.socket_path();
     let listener = transport::bind(&socket).map_err(io(&socket))?;

@@ -20,6 +20,9 @@ const STATES: TableDefinition<&str, &[u8]> = TableDefinition::new("states");
 const INSTANCES: TableDefinition<&str, &[u8]> = TableDefinition::new("instances");
 const JOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("jobs");
 const EVENTS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("events");
+/// Tool plans worth keeping between requests (Liquibase's changeset lists),
+/// keyed by the digest of everything they were made from.
+const PLANS: TableDefinition<&str, &[u8]> = TableDefinition::new("plans");
 
 #[derive(Debug, thiserror::Error)]
 pub enum IndexError {
@@ -56,6 +59,7 @@ impl Index {
             tx.open_table(INSTANCES).map_err(|e| fail(e.into()))?;
             tx.open_table(JOBS).map_err(|e| fail(e.into()))?;
             tx.open_table(EVENTS).map_err(|e| fail(e.into()))?;
+            tx.open_table(PLANS).map_err(|e| fail(e.into()))?;
         }
         tx.commit().map_err(|e| fail(e.into()))?;
         Ok(Self {
@@ -140,6 +144,17 @@ impl Index {
             t.remove(key).map_err(|e| self.err(e))?;
         }
         tx.commit().map_err(|e| self.err(e))
+    }
+
+    /// Stores a plan under `key`; it can be made again, so it is not synced.
+    pub fn put_plan<T: Serialize>(&self, key: &str, plan: &T) -> Result<(), IndexError> {
+        self.put_with(PLANS, key, plan, false)
+    }
+    pub fn plan<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, IndexError> {
+        self.get(PLANS, key)
+    }
+    pub fn delete_plan(&self, key: &str) -> Result<(), IndexError> {
+        self.delete(PLANS, key)
     }
 
     pub fn put_state(&self, s: &StateRecord) -> Result<(), IndexError> {

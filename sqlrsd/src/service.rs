@@ -317,6 +317,18 @@ impl Sqlrs for Service {
         self.check(&req)?;
         let e = &self.engine;
         let info = e.runtimes.default().runtime.info();
+        let (liquibase, liquibase_error) = match e.liquibase.get().await {
+            Ok(lb) => (
+                format!(
+                    "Liquibase {} on Java {} ({})",
+                    lb.version,
+                    lb.java,
+                    lb.exec.display()
+                ),
+                String::new(),
+            ),
+            Err(err) => (String::new(), err.to_string()),
+        };
         let ix = |r: Result<usize, crate::index::IndexError>| {
             r.map(|n| n as u64)
                 .map_err(|e| Status::from(EngineError::from(e)))
@@ -334,6 +346,8 @@ impl Sqlrs for Service {
             job_count: ix(e.index.jobs().map(|v| v.len()))?,
             server_user: info.server_user,
             runtime_reason: e.runtimes.reason().into(),
+            liquibase,
+            liquibase_error,
         }))
     }
 

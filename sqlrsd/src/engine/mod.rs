@@ -3,15 +3,20 @@
 //! instances; removes instances, states and jobs; reconciles the store with
 //! the index at start-up.
 
+mod lb;
+
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use tokio_util::sync::CancellationToken;
+
 use crate::blobs::{self, BlobStore};
 use crate::ids::{self, StateId};
 use crate::index::{Index, IndexError};
 use crate::jobs::{Jobs, LiveJob};
+use crate::liquibase::LbError;
 use crate::model::{
     EventKind, InstanceRecord, InstanceStatus, JobFailure, PlanStepView, PlanView, RunStatus,
     StateRecord, StepProgress, TaskKind, TaskRecord, now_ms, random_id,
@@ -82,6 +87,8 @@ pub enum EngineError {
     #[error(transparent)]
     Plan(#[from] planner::PlanError),
     #[error(transparent)]
+    Liquibase(#[from] LbError),
+    #[error(transparent)]
     Index(#[from] IndexError),
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
@@ -103,6 +110,7 @@ impl EngineError {
             Self::ShortPrefix(_) => "short_prefix",
             Self::InvalidRequest(_) => "invalid_request",
             Self::Plan(_) => "plan_error",
+            Self::Liquibase(_) => "liquibase_error",
             Self::Index(_) => "index_error",
             Self::Runtime(_) => "runtime_error",
             Self::Snapshot(_) => "snapshot_error",
@@ -149,7 +157,8 @@ impl_stop_from!(
     IndexError,
     RuntimeError,
     crate::snapshot::SnapshotError,
-    planner::PlanError
+    planner::PlanError,
+    LbError
 );
 
 /// One item a removal touched (or would touch, on a dry run).
@@ -165,8 +174,37 @@ pub struct Removal {
 struct Chain {
     rt: Selected,
     base: StateId,
-    steps: Vec<Step>,
+    steps: Vec<ChainStep>,
     ids: Vec<StateId>,
+    /// What the changeset steps of a Liquibase chain share.
+    lb: Option<lb::LbChain>,
+}
+
+/// One step of a chain: a psql invocation or a Liquibase changeset.
+enum ChainStep {
+    Psql(Step),
+    Changeset(lb::ChangesetStep),
+}
+
+impl ChainStep {
+    fn summary(&self) -> &str {
+        match self {
+            ChainStep::Psql(s) => &s.summary,
+            ChainStep::Changeset(c) => &c.summary,
+        }
+    }
+
+    /// The user's files the step reads, for plans.
+    fn input_paths(&self) -> Vec<String> {
+        match self {
+            ChainStep::Psql(s) => s
+                .inputs
+                .iter()
+                .map(|i| i.path.display().to_string())
+                .collect(),
+            ChainStep::Changeset(c) => c.inputs.clone(),
+        }
+    }
 }
 
 pub struct Engine {
@@ -179,6 +217,8 @@ pub struct Engine {
     pub snapshotter_reason: String,
     /// Single flight: the first missing state of a build is locked while it is built.
     build_locks: Mutex<HashMap<StateId, Arc<tokio::sync::Mutex<()>>>>,
+    /// Liquibase, for `prepare:lb`.
+    pub liquibase: lb::LbTool,
 }
 
 impl Engine {
@@ -188,8 +228,8 @@ impl Engine {
         jobs: Jobs,
         blobs: BlobStore,
         runtimes: Runtimes,
-        snapshotter: Box<dyn Snapshotter>,
-        snapshotter_reason: String,
+        snapshotter: snapshot::Detected,
+        liquibase_exec: Option<PathBuf>,
     ) -> Self {
         Self {
             store,
@@ -197,9 +237,10 @@ impl Engine {
             jobs,
             blobs,
             runtimes,
-            snapshotter,
-            snapshotter_reason,
+            snapshotter: snapshotter.snapshotter,
+            snapshotter_reason: snapshotter.reason,
             build_locks: Mutex::new(HashMap::new()),
+            liquibase: lb::LbTool::new(liquibase_exec),
         }
     }
 
@@ -251,11 +292,12 @@ impl Engine {
         self: &Arc<Self>,
         input: PrepareInput,
         ingest: bool,
+        cancel: &CancellationToken,
     ) -> Result<Chain, EngineError> {
         let input = Self::resolve_input(input)?;
-        if input.kind != "psql" {
+        if !matches!(input.kind.as_str(), "psql" | "lb") {
             return Err(EngineError::InvalidRequest(format!(
-                "prepare kind {:?} is not available: sqlrs prepares with psql (`prepare:psql`)",
+                "prepare kind {:?} is not available: sqlrs prepares with psql (`prepare:psql`) or Liquibase (`prepare:lb`)",
                 input.kind
             )));
         }
@@ -266,22 +308,34 @@ impl Engine {
             )));
         }
         let rt = self.runtimes.for_image(input.image.as_deref()).await?;
-        let this = self.clone();
-        let steps = tokio::task::spawn_blocking(move || {
-            let req = PsqlRequest {
-                args: &input.args,
-                cwd: &input.cwd,
-                stdin: input.stdin.as_deref(),
-            };
-            planner::plan_psql(&req, ingest.then_some(&this.blobs))
-        })
-        .await
-        .expect("planner task panicked")?;
         let base = ids::base_id(&rt.runtime.engine());
+        let (steps, fingerprints, lb) = if input.kind == "lb" {
+            let (steps, fingerprints, lb) =
+                self.lb_steps(&rt, &base, &input, ingest, cancel).await?;
+            (steps, fingerprints, Some(lb))
+        } else {
+            let this = self.clone();
+            let steps = tokio::task::spawn_blocking(move || {
+                let req = PsqlRequest {
+                    args: &input.args,
+                    cwd: &input.cwd,
+                    stdin: input.stdin.as_deref(),
+                };
+                planner::plan_psql(&req, ingest.then_some(&this.blobs))
+            })
+            .await
+            .expect("planner task panicked")?;
+            let fingerprints = steps.iter().map(|s| s.fingerprint).collect();
+            (
+                steps.into_iter().map(ChainStep::Psql).collect(),
+                fingerprints,
+                None,
+            )
+        };
         let mut ids = Vec::with_capacity(steps.len());
         let mut parent = base;
-        for s in &steps {
-            parent = ids::child_id(&parent, &s.fingerprint);
+        for f in &fingerprints {
+            parent = ids::child_id(&parent, f);
             ids.push(parent);
         }
         Ok(Chain {
@@ -289,6 +343,7 @@ impl Engine {
             base,
             steps,
             ids,
+            lb,
         })
     }
 
@@ -298,13 +353,9 @@ impl Engine {
             steps.push(PlanStepView {
                 index: i as u32 + 1,
                 state_id: id.to_hex(),
-                summary: s.summary.clone(),
+                summary: s.summary().to_owned(),
                 cached: self.is_cached(id)?,
-                inputs: s
-                    .inputs
-                    .iter()
-                    .map(|i| i.path.display().to_string())
-                    .collect(),
+                inputs: s.input_paths(),
             });
         }
         Ok(PlanView {
@@ -316,7 +367,7 @@ impl Engine {
 
     /// Plans without executing anything.
     pub async fn plan(self: &Arc<Self>, input: PrepareInput) -> Result<PlanView, EngineError> {
-        let chain = self.chain(input, false).await?;
+        let chain = self.chain(input, false, &CancellationToken::new()).await?;
         Ok(self.plan_view(&chain)?)
     }
 
@@ -373,7 +424,7 @@ impl Engine {
                 total: chain.steps.len() as u32,
                 status: status.into(),
                 state_id: chain.ids[k].to_hex(),
-                summary: chain.steps[k].summary.clone(),
+                summary: chain.steps[k].summary().to_owned(),
                 elapsed_ms,
             }),
         );
@@ -397,11 +448,19 @@ impl Engine {
                 finished_at_ms: 0,
             })
         });
-        let chain = match self.chain(input, true).await {
+        let chain = match self.chain(input, true, &job.cancel).await {
             Ok(c) => c,
+            Err(_) if job.cancel.is_cancelled() => {
+                self.set_task(job, 0, |t| t.status = RunStatus::Cancelled);
+                return Err(Stop::Cancelled);
+            }
             Err(EngineError::Plan(e)) => {
                 self.set_task(job, 0, |t| t.status = RunStatus::Failed);
                 return Err(Stop::Failed(plan_failure(&e)));
+            }
+            Err(EngineError::Liquibase(e)) => {
+                self.set_task(job, 0, |t| t.status = RunStatus::Failed);
+                return Err(Stop::Failed(lb::failure(&e, None, None)));
             }
             Err(e) => return Err(e.into()),
         };
@@ -412,7 +471,7 @@ impl Engine {
             r.summary = chain
                 .steps
                 .iter()
-                .map(|s| s.summary.as_str())
+                .map(ChainStep::summary)
                 .collect::<Vec<_>>()
                 .join(" ");
             r.state_id = Some(head.clone());
@@ -422,7 +481,7 @@ impl Engine {
                 r.tasks.push(TaskRecord {
                     index: k as u32 + 1,
                     kind: TaskKind::Step,
-                    summary: s.summary.clone(),
+                    summary: s.summary().to_owned(),
                     status: RunStatus::Queued,
                     state_id: Some(chain.ids[k].to_hex()),
                     cached: false,
@@ -497,7 +556,7 @@ impl Engine {
             return Ok(instance);
         }
         let parent = if cached == 0 {
-            self.ensure_base(chain).await?;
+            self.ensure_base(&chain.rt, &chain.base).await?;
             chain.base
         } else {
             chain.ids[cached - 1]
@@ -516,9 +575,8 @@ impl Engine {
     }
 
     /// Makes the engine's empty cluster, once.
-    async fn ensure_base(&self, chain: &Chain) -> Result<(), Stop> {
-        let base = &chain.base;
-        let runtime = &chain.rt.runtime;
+    async fn ensure_base(&self, rt: &Selected, base: &StateId) -> Result<(), EngineError> {
+        let runtime = &rt.runtime;
         let lock = self.build_lock(base);
         let _g = lock.lock().await;
         if self.is_cached(base)? {
@@ -550,7 +608,7 @@ impl Engine {
         engine: &str,
         data: &Path,
         started: Instant,
-    ) -> Result<(), Stop> {
+    ) -> Result<(), EngineError> {
         let tmp = self.store.state_tmp_path(id);
         let dst = self.store.state_path(id);
         if tmp.exists() {
@@ -642,8 +700,20 @@ impl Engine {
                 t.started_at_ms = now_ms();
             });
             let step = &chain.steps[k];
+            let execute = async {
+                match step {
+                    ChainStep::Psql(step) => {
+                        self.run_step(job, runtime, &server, step, &exec_root, k)
+                            .await
+                    }
+                    ChainStep::Changeset(_) => {
+                        self.run_changeset(job, chain, runtime, &server, &exec_root, k)
+                            .await
+                    }
+                }
+            };
             let outcome = tokio::select! {
-                outcome = self.run_step(job, runtime, &server, step, &exec_root, k) => outcome,
+                outcome = execute => outcome,
                 never = write_back_while_running(&data) => match never {},
             };
             if let Err(stop) = outcome {
@@ -681,7 +751,7 @@ impl Engine {
             self.record_state(
                 &id,
                 Some(parent_id),
-                step.summary.clone(),
+                step.summary().to_owned(),
                 &label,
                 &data,
                 started,
@@ -1233,7 +1303,7 @@ impl Engine {
         &self,
         req: ExecInput,
         on_output: &mut (dyn FnMut(OutputStream, &[u8]) + Send),
-        cancel: &tokio_util::sync::CancellationToken,
+        cancel: &CancellationToken,
     ) -> Result<i32, EngineError> {
         let inst = self.ready_instance(&req.instance).await?;
         if inst.runtime != "docker" {
