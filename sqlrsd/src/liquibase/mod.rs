@@ -53,8 +53,9 @@ pub const ENV_EXEC: &str = "SQLRS_LIQUIBASE";
 pub const TESTED_VERSION: &str = "4.28.0";
 
 /// One changeset `update` would run, as Liquibase's `update-sql` reports it
-/// (the row it would insert into DATABASECHANGELOG).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// (the row it would insert into DATABASECHANGELOG). The engine stores plans
+/// in its index, hence the serde derives.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PlannedChangeset {
     pub id: String,
     pub author: String,
