@@ -270,113 +270,14 @@ impl Walker {
         })?;
 
         self.stack.push(name.to_owned());
-        let mut inputs: Vec<Vec<(String, Option<Digest>)>> =
-            vec![Vec::new(); parsed.changesets.len()];
+        let mut inputs: Vec<Reads> = vec![Vec::new(); parsed.changesets.len()];
         for item in &parsed.items {
-            let line = item.line;
-            let at = |target: String| Located {
-                file: path.to_owned(),
-                line,
-                target,
+            let from = Origin {
+                name,
+                path,
+                line: item.line,
             };
-            match &item.kind {
-                ItemKind::Property { name, value, dbms } => {
-                    if dbms.as_deref().is_none_or(applies_to_postgresql) {
-                        let value = self.expand(value);
-                        self.params.entry(name.clone()).or_insert(value);
-                    }
-                }
-                ItemKind::PropertyFile {
-                    file,
-                    relative,
-                    error_if_missing,
-                } => {
-                    let target = self.target(name, file, *relative);
-                    match self.find(&target)? {
-                        Some(found) => {
-                            let bytes = self.add(&target, &found, FileRole::Properties)?;
-                            for (k, v) in java_properties(&String::from_utf8_lossy(&bytes)) {
-                                self.params.entry(k).or_insert(v);
-                            }
-                        }
-                        None if *error_if_missing => {
-                            return Err(self.not_found(at(target), "property file", *relative));
-                        }
-                        None => {
-                            self.absent.insert(target);
-                        }
-                    }
-                }
-                ItemKind::Include {
-                    file,
-                    relative,
-                    error_if_missing,
-                } => {
-                    let target = self.target(name, file, *relative);
-                    match self.find(&target)? {
-                        Some(_) if Format::of(&target).is_none() => {
-                            return Err(LbError::UnknownFormat {
-                                file: path.to_owned(),
-                                line,
-                                target,
-                            });
-                        }
-                        Some(found) => self.changelog(&target, &found)?,
-                        None if *error_if_missing => {
-                            return Err(self.not_found(
-                                at(target),
-                                "included changelog",
-                                *relative,
-                            ));
-                        }
-                        None => {
-                            self.absent.insert(target);
-                        }
-                    }
-                }
-                ItemKind::IncludeAll {
-                    path: dir,
-                    relative,
-                    error_if_missing,
-                    min_depth,
-                    max_depth,
-                    ends_with,
-                } => {
-                    let target = self.target(name, dir, *relative);
-                    let target = target.trim_end_matches('/').to_owned();
-                    let found = self.list(&target, *min_depth, *max_depth, ends_with)?;
-                    if found.is_empty() && *error_if_missing {
-                        return Err(LbError::IncludeAllEmpty {
-                            file: path.to_owned(),
-                            line,
-                            target: dir.clone(),
-                            relative: *relative,
-                            roots: self.roots.clone(),
-                        });
-                    }
-                    for child in found {
-                        let found = self.find(&child)?.expect("listed files exist");
-                        self.changelog(&child, &found)?;
-                    }
-                }
-                ItemKind::Resource {
-                    path: file,
-                    relative,
-                    changeset,
-                } => {
-                    let target = self.target(name, file, *relative);
-                    let digest = match self.find(&target)? {
-                        Some(found) => Some(self.add_resource(&target, &found)?),
-                        None => {
-                            self.absent.insert(target.clone());
-                            None
-                        }
-                    };
-                    if let Some(i) = changeset {
-                        inputs[*i].push((target, digest));
-                    }
-                }
-            }
+            self.follow(&from, &item.kind, &mut inputs)?;
         }
         self.stack.pop();
         self.record_changesets(
@@ -388,12 +289,117 @@ impl Walker {
         Ok(())
     }
 
+    /// Follows one reference of the changelog `from`; files read by changes
+    /// are noted in `inputs` under their changeset.
+    fn follow(
+        &mut self,
+        from: &Origin,
+        item: &ItemKind,
+        inputs: &mut [Reads],
+    ) -> Result<(), LbError> {
+        match item {
+            ItemKind::Property { name, value, dbms } => {
+                if dbms.as_deref().is_none_or(applies_to_postgresql) {
+                    let value = self.expand(value);
+                    self.params.entry(name.clone()).or_insert(value);
+                }
+            }
+            ItemKind::PropertyFile {
+                file,
+                relative,
+                error_if_missing,
+            } => {
+                let target = self.target(from.name, file, *relative);
+                match self.find(&target)? {
+                    Some(found) => {
+                        let bytes = self.add(&target, &found, FileRole::Properties)?;
+                        for (k, v) in java_properties(&String::from_utf8_lossy(&bytes)) {
+                            self.params.entry(k).or_insert(v);
+                        }
+                    }
+                    None if *error_if_missing => {
+                        return Err(self.not_found(from, target, "property file", *relative));
+                    }
+                    None => {
+                        self.absent.insert(target);
+                    }
+                }
+            }
+            ItemKind::Include {
+                file,
+                relative,
+                error_if_missing,
+            } => {
+                let target = self.target(from.name, file, *relative);
+                match self.find(&target)? {
+                    Some(_) if Format::of(&target).is_none() => {
+                        return Err(LbError::UnknownFormat {
+                            file: from.path.to_owned(),
+                            line: from.line,
+                            target,
+                        });
+                    }
+                    Some(found) => self.changelog(&target, &found)?,
+                    None if *error_if_missing => {
+                        return Err(self.not_found(from, target, "included changelog", *relative));
+                    }
+                    None => {
+                        self.absent.insert(target);
+                    }
+                }
+            }
+            ItemKind::IncludeAll {
+                path,
+                relative,
+                error_if_missing,
+                min_depth,
+                max_depth,
+                ends_with,
+            } => {
+                let target = self.target(from.name, path, *relative);
+                let target = target.trim_end_matches('/');
+                let found = self.list(target, *min_depth, *max_depth, ends_with)?;
+                if found.is_empty() && *error_if_missing {
+                    return Err(LbError::IncludeAllEmpty {
+                        file: from.path.to_owned(),
+                        line: from.line,
+                        target: path.clone(),
+                        relative: *relative,
+                        roots: self.roots.clone(),
+                    });
+                }
+                for child in found {
+                    let found = self.find(&child)?.expect("listed files exist");
+                    self.changelog(&child, &found)?;
+                }
+            }
+            ItemKind::Resource {
+                path,
+                relative,
+                changeset,
+            } => {
+                let target = self.target(from.name, path, *relative);
+                let digest = match self.find(&target)? {
+                    Some(found) => Some(self.add_resource(&target, &found)?),
+                    None => {
+                        self.absent.insert(target.clone());
+                        None
+                    }
+                };
+                if let Some(i) = changeset {
+                    inputs[*i].push((target, digest));
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn record_changesets(
         &mut self,
         name: &str,
         logical: Option<&str>,
         defs: &[ChangesetDef],
-        inputs: Vec<Vec<(String, Option<Digest>)>>,
+        inputs: Vec<Reads>,
     ) {
         let changelog_name = match logical {
             Some(l) => logical_name(&self.expand(l)),
@@ -423,12 +429,18 @@ impl Walker {
         }
     }
 
-    fn not_found(&self, at: Located, element: &'static str, relative: bool) -> LbError {
+    fn not_found(
+        &self,
+        from: &Origin,
+        target: String,
+        element: &'static str,
+        relative: bool,
+    ) -> LbError {
         LbError::IncludeNotFound {
-            file: at.file,
-            line: at.line,
+            file: from.path.to_owned(),
+            line: from.line,
             element,
-            target: at.target,
+            target,
             relative,
             roots: self.roots.clone(),
         }
@@ -561,12 +573,15 @@ impl Walker {
     }
 }
 
-/// Where a reference is, for errors.
-struct Located {
-    file: PathBuf,
+/// The changelog holding a reference, and the reference's line.
+struct Origin<'a> {
+    name: &'a str,
+    path: &'a Path,
     line: Option<u32>,
-    target: String,
 }
+
+/// The files one changeset's changes read: name and digest (`None`: absent).
+type Reads = Vec<(String, Option<Digest>)>;
 
 /// Files below `dir` (following symbolic links, each real folder once), with
 /// their `/`-separated path below the includeAll folder and their depth.
@@ -728,22 +743,32 @@ pub fn materialize_from_blobs(
     for f in &closure.files {
         let blob = blobs.path_of(&f.digest);
         let dest = destination(&search, &f.name)?;
-        let linked = fs::hard_link(&blob, &dest).or_else(|_| fs::copy(&blob, &dest).map(|_| ()));
+        let linked = match fs::hard_link(&blob, &dest) {
+            Err(e) if e.kind() == io::ErrorKind::CrossesDevices => {
+                fs::copy(&blob, &dest).map(|_| ())
+            }
+            other => other,
+        };
         linked.map_err(|source| LbError::Materialize { path: dest, source })?;
     }
     Ok(search)
 }
 
-/// `search/name`, with its folders created.
+/// `search/name`, with its folders created and no file there yet (a file
+/// left by an earlier run could be a link to a stored blob).
 fn destination(search: &Path, name: &str) -> Result<PathBuf, LbError> {
     let dest = lexical(&search.join(name));
+    let err = |path: &Path| {
+        let path = path.to_owned();
+        move |source| LbError::Materialize { path, source }
+    };
     if let Some(parent) = dest.parent() {
-        fs::create_dir_all(parent).map_err(|source| LbError::Materialize {
-            path: parent.to_owned(),
-            source,
-        })?;
+        fs::create_dir_all(parent).map_err(err(parent))?;
     }
-    Ok(dest)
+    match fs::remove_file(&dest) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(err(&dest)(e)),
+        _ => Ok(dest),
+    }
 }
 
 /// Copies `from` to `to` and returns the digest of the bytes written.

@@ -935,6 +935,12 @@ fn materialize_from_blobs_links_the_stored_copies() {
         fs::read_to_string(search.join("x.sql")).unwrap(),
         "select 1;"
     );
+    // Again into the same folder: the links are replaced, the blobs intact.
+    materialize_from_blobs(&c, &blobs, exec.path()).unwrap();
+    let x = c.files.iter().find(|f| f.name == "x.sql").unwrap();
+    for copy in [search.join("x.sql"), blobs.path_of(&x.digest)] {
+        assert_eq!(fs::read_to_string(copy).unwrap(), "select 1;");
+    }
     let err = c.ingest(&blobs).unwrap_err();
     assert!(
         err.to_string().contains("changed while sqlrs was planning"),
