@@ -390,6 +390,35 @@ async fn a_failing_changeset_reports_liquibase_s_message() {
 }
 
 #[tokio::test]
+async fn a_class_cache_is_written_once_then_used() {
+    let cache = scratch();
+    let lb = liquibase().with_class_cache(cache.path().join("cds"));
+    let archive = lb.class_archive().expect("a cache was set");
+    let pg = Pg::start().await;
+    let args = args(&["update", "--changelog-file", "changelog.xml"]);
+    let (_, _exec, root) = prepared("broken", &args);
+
+    let writing = plan(&lb, &pg, &root, &args).await;
+    assert!(
+        archive.is_file(),
+        "the first run writes {}",
+        archive.display()
+    );
+    let using = plan(&lb, &pg, &root, &args).await;
+    assert_eq!(
+        using, writing,
+        "the archive changes nothing Liquibase prints"
+    );
+    let left: Vec<PathBuf> = std::fs::read_dir(archive.parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(left, vec![archive.clone()], "no partial archive is left");
+    apply_each(&lb, &pg, &root, &args, &using[..1]).await;
+    pg.stop().await;
+}
+
+#[tokio::test]
 async fn bad_changelogs_fail_the_plan_with_liquibase_s_reason() {
     let lb = liquibase();
     let pg = Pg::start().await;

@@ -7,15 +7,18 @@
 //! the connection or the changelog), the connection in
 //! `LIQUIBASE_COMMAND_URL/USERNAME/PASSWORD` (never on the command line),
 //! UTF-8 file reading, no banner and no analytics, and JVM options that
-//! halve start-up time (`-XX:TieredStopAtLevel=1 -XX:+UseSerialGC`). The
-//! launcher is a shell script that starts `java` as its child, so each run
-//! leads its own process group and cancelling kills the whole group.
+//! halve start-up time (`-XX:TieredStopAtLevel=1 -XX:+UseSerialGC`), plus,
+//! with [`Liquibase::with_class_cache`], a class-data-sharing archive that
+//! saves about 0.4 s more per run. The launcher is a shell script that
+//! starts `java` as its child, so each run leads its own process group and
+//! cancelling kills the whole group.
 
 use std::ffi::OsString;
 use std::fmt;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::io::{AsyncRead, AsyncReadExt as _};
 use tokio::process::Command;
@@ -23,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::closure::normalize_name;
 use super::{ENV_EXEC, LbArgs, LbError, PlannedChangeset};
+use crate::ids::FieldHasher;
 
 /// Options for the JVM: client compiler only and the serial collector start
 /// Liquibase about twice as fast; files are read as UTF-8 whatever the locale.
@@ -80,6 +84,8 @@ pub struct Liquibase {
     pub version: String,
     /// The Java it runs on, e.g. `17.0.15 (/usr/lib/jvm/java-17-openjdk-amd64)`.
     pub java: String,
+    /// Folder of the class-data-sharing archive, if one is kept.
+    class_cache: Option<PathBuf>,
 }
 
 /// What a successful Liquibase run printed.
@@ -155,6 +161,7 @@ pub fn discover(configured: Option<&Path>) -> Result<Liquibase, LbError> {
             exec,
             version,
             java,
+            class_cache: None,
         }),
         _ => Err(LbError::NoVersion {
             exec,
@@ -204,7 +211,57 @@ fn base_env() -> Vec<(OsString, OsString)> {
     env
 }
 
+/// Names the archives being written, so concurrent runs never share one.
+static ARCHIVE_SEQ: AtomicU64 = AtomicU64::new(0);
+
+/// The JVM options of one run and, when it writes a class-data archive,
+/// (the file it writes, where that goes once complete).
+struct JvmOptions {
+    java_opts: String,
+    archive: Option<(PathBuf, PathBuf)>,
+}
+
 impl Liquibase {
+    /// Keeps a class-data-sharing archive of the classes Liquibase loads in
+    /// `dir` (about 27 MB, one per launcher, Liquibase and Java): the first
+    /// run writes it (a second or two more, once), later runs map it and
+    /// start about 0.4 s sooner. Java ignores an archive that does not match.
+    pub fn with_class_cache(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.class_cache = Some(dir.into());
+        self
+    }
+
+    /// The class-data archive this Liquibase uses, when it keeps one.
+    pub fn class_archive(&self) -> Option<PathBuf> {
+        let dir = self.class_cache.as_ref()?;
+        let mut h = FieldHasher::new("lb-class-archive");
+        h.field(self.exec.as_os_str().as_encoded_bytes())
+            .field(self.version.as_bytes())
+            .field(self.java.as_bytes());
+        Some(dir.join(format!("liquibase-{}.jsa", &h.finish().to_hex()[..16])))
+    }
+
+    fn jvm_options(&self) -> JvmOptions {
+        let mut java_opts = JAVA_OPTS.to_owned();
+        let mut archive = None;
+        if let Some(done) = self.class_archive() {
+            if done.is_file() {
+                java_opts.push_str(&format!(" -XX:SharedArchiveFile={}", done.display()));
+            } else if done
+                .parent()
+                .is_some_and(|d| std::fs::create_dir_all(d).is_ok())
+            {
+                let seq = ARCHIVE_SEQ.fetch_add(1, Ordering::Relaxed);
+                let writing = done.with_extension(format!("{}-{seq}.tmp", std::process::id()));
+                java_opts.push_str(&format!(" -XX:ArchiveClassesAtExit={}", writing.display()));
+                archive = Some((writing, done));
+            }
+            // Java's notes about classes it leaves out go to stdout otherwise.
+            java_opts.push_str(" -Xlog:disable");
+        }
+        JvmOptions { java_opts, archive }
+    }
+
     /// The changesets `update` would run on the empty database `conn`, in
     /// order, from `update-sql` (which prints the SQL without running it, so
     /// the database stays untouched). `root` is the search-path folder
@@ -246,9 +303,11 @@ impl Liquibase {
         cancel: &CancellationToken,
     ) -> Result<LbOutput, LbError> {
         let changelog = normalize_name(&args.changelog_file);
+        let jvm = self.jvm_options();
         let mut cmd = Command::new(&self.exec);
         cmd.env_clear()
             .envs(base_env())
+            .env("JAVA_OPTS", &jvm.java_opts)
             .env("LIQUIBASE_COMMAND_URL", conn.url())
             .env("LIQUIBASE_COMMAND_USERNAME", &conn.user)
             .env("LIQUIBASE_COMMAND_PASSWORD", &conn.password)
@@ -281,6 +340,13 @@ impl Liquibase {
             }
         };
         let (status, out, err) = tokio::join!(waited, read_all(stdout), read_all(stderr));
+        if let Some((writing, done)) = &jvm.archive {
+            // Complete only after a normal exit: a killed JVM leaves nothing or a stub.
+            if status.is_some() && std::fs::metadata(writing).is_ok_and(|m| m.len() > 0) {
+                let _ = std::fs::rename(writing, done);
+            }
+            let _ = std::fs::remove_file(writing);
+        }
         let status: ExitStatus =
             status
                 .ok_or(LbError::Cancelled)?
