@@ -101,6 +101,8 @@ pub(crate) struct ChangesetDef {
     pub id: String,
     pub author: String,
     pub logical_path: Option<String>,
+    /// `runAlways`: Liquibase runs it again on every update.
+    pub run_always: bool,
     pub definition: Digest,
 }
 
@@ -265,6 +267,7 @@ fn parse_xml(text: &str) -> Result<Parsed, SyntaxError> {
                     id: node.attr("id").unwrap_or("").to_owned(),
                     author: node.attr("author").unwrap_or("").to_owned(),
                     logical_path: node.attr("logicalFilePath").map(str::to_owned),
+                    run_always: node.flag("runAlways", false),
                     definition: Digest::of(&text.as_bytes()[start..end]),
                 });
                 open = (!empty).then_some((index, start));
@@ -476,6 +479,7 @@ impl TreeWalk<'_> {
                 id,
                 author: attr("author").unwrap_or_default(),
                 logical_path: attr("logicalFilePath"),
+                run_always: attr("runAlways").is_some_and(|v| v.eq_ignore_ascii_case("true")),
                 definition: h.finish(),
             });
             return;
@@ -542,6 +546,7 @@ fn parse_sql(text: &str) -> Parsed {
             id: "raw".into(),
             author: "includeAll".into(),
             logical_path: None,
+            run_always: false,
             definition: Digest::of(text.as_bytes()),
         });
         return out;
@@ -558,6 +563,7 @@ fn parse_sql(text: &str) -> Parsed {
                     id,
                     author,
                     logical_path: sql_logical_path(line),
+                    run_always: line.to_ascii_lowercase().contains("runalways:true"),
                     definition: Digest([0; 32]),
                 },
             ));

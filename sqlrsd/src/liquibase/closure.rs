@@ -89,6 +89,7 @@ struct SourceChangeset {
     filename: String,
     id: String,
     author: String,
+    run_always: bool,
     /// Its definition plus the files its changes read.
     inputs: Digest,
 }
@@ -125,15 +126,33 @@ impl Closure {
     /// closure cannot match (e.g. an id built from a parameter sqlrs does not
     /// know) gets the whole closure's digest, so any edit invalidates it.
     pub fn changeset_inputs(&self, changeset: &PlannedChangeset) -> Digest {
-        self.changesets
-            .iter()
-            .find(|c| {
-                c.id == changeset.id
-                    && c.author == changeset.author
-                    && c.filename == changeset.filename
-            })
+        self.source(changeset)
             .map(|c| c.inputs)
             .unwrap_or_else(|| self.digest())
+    }
+
+    /// Checks that `plan` can be built one changeset per Liquibase run: a
+    /// `runAlways` changeset followed by another would run again in place
+    /// of the next one (`update-count 1` picks it first every time).
+    pub fn check_plan(&self, plan: &[PlannedChangeset]) -> Result<(), LbError> {
+        let Some((_, before_last)) = plan.split_last() else {
+            return Ok(());
+        };
+        match before_last
+            .iter()
+            .find(|p| self.source(p).is_some_and(|c| c.run_always))
+        {
+            Some(p) => Err(LbError::RunAlways {
+                changeset: p.label(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    fn source(&self, changeset: &PlannedChangeset) -> Option<&SourceChangeset> {
+        self.changesets.iter().find(|c| {
+            c.id == changeset.id && c.author == changeset.author && c.filename == changeset.filename
+        })
     }
 
     /// Where to point `--search-path` inside an execution folder `root`: the
@@ -424,6 +443,7 @@ impl Walker {
                 filename,
                 id: self.expand(&def.id),
                 author: self.expand(&def.author),
+                run_always: def.run_always,
                 inputs: h.finish(),
             });
         }

@@ -121,6 +121,11 @@ pub fn check_applied(
         expected: expected_row,
         found,
     };
+    if let Some(rerun) = applied.iter().find(|r| r.exec_type == "RERAN") {
+        return Err(LbError::RunAlways {
+            changeset: format!("{}::{}::{}", rerun.filename, rerun.id, rerun.author),
+        });
+    }
     for (i, planned) in expected.iter().enumerate() {
         let want = || {
             format!(

@@ -17,7 +17,8 @@
 //!    `PATH`), with its version and Java.
 //! 4. [`Liquibase::plan`]: `update-sql` against an empty database lists the
 //!    changesets `update` would run, with their checksums (it changes nothing
-//!    in the database).
+//!    in the database); [`Closure::check_plan`] refuses plans that cannot be
+//!    built one changeset at a time (a `runAlways` changeset before others).
 //! 5. [`Liquibase::update_one`]: `update-count --count 1` applies exactly the
 //!    next changeset; [`applied`] reads DATABASECHANGELOG and
 //!    [`check_applied`] proves that what ran is what was planned.
@@ -258,6 +259,10 @@ pub enum LbError {
         url: String,
         source: tokio_postgres::Error,
     },
+    #[error(
+        "changeset {changeset} is runAlways and other changesets follow it: Liquibase runs it again before each of them, so sqlrs cannot build one state per changeset; move it to the end of the changelog or remove runAlways"
+    )]
+    RunAlways { changeset: String },
     #[error(
         "after step {step}, DATABASECHANGELOG holds {found} where the plan expects {expected}; the changelog changed while sqlrs was building: run again"
     )]

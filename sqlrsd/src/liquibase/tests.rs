@@ -1242,6 +1242,70 @@ fn check_applied_accepts_only_the_planned_prefix() {
     }
 }
 
+#[test]
+fn run_always_changesets_must_come_last() {
+    let dir = tree(&[
+        (
+            "c.xml",
+            &xml(
+                r#"<changeSet id="1" author="me" runAlways="true"><sql>select 1</sql></changeSet>
+<changeSet id="2" author="me"><sql>select 2</sql></changeSet>
+<include file="y.yaml"/><include file="s.sql"/>"#,
+            ),
+        ),
+        (
+            "y.yaml",
+            "databaseChangeLog:\n  - changeSet:\n      id: y\n      author: me\n      runAlways: true\n      changes: []\n",
+        ),
+        (
+            "s.sql",
+            "--liquibase formatted sql\n--changeset me:s runAlways:true\nselect 1;\n",
+        ),
+    ]);
+    let c = closure(&lb_args("c.xml"), dir.path()).unwrap();
+    let at = |file: &str, id: &str| PlannedChangeset {
+        filename: file.into(),
+        ..planned(id, "9:a")
+    };
+    let (one, two, y, s) = (
+        at("c.xml", "1"),
+        at("c.xml", "2"),
+        at("y.yaml", "y"),
+        at("s.sql", "s"),
+    );
+    let cases: Vec<(Vec<PlannedChangeset>, Option<&str>)> = vec![
+        (vec![], None),
+        (vec![one.clone()], None),
+        (vec![two.clone(), one.clone()], None),
+        (vec![one.clone(), two.clone()], Some("c.xml::1::me")),
+        (vec![y.clone(), two.clone()], Some("y.yaml::y::me")),
+        (vec![s.clone(), two.clone()], Some("s.sql::s::me")),
+    ];
+    for (plan, want) in cases {
+        match (c.check_plan(&plan), want) {
+            (Ok(()), None) => {}
+            (Err(e), Some(label)) => {
+                let text = e.to_string();
+                assert!(
+                    text.contains(label) && text.contains("move it to the end"),
+                    "{text}"
+                );
+            }
+            (got, want) => panic!("{plan:?}: {got:?}, wanted {want:?}"),
+        }
+    }
+    // Were it run anyway, DATABASECHANGELOG shows the rerun.
+    let rerun = AppliedChangeset {
+        exec_type: "RERAN".into(),
+        ..row("1", "9:a", 2)
+    };
+    let err = check_applied(&[rerun], &[planned("1", "9:a"), planned("2", "9:b")]).unwrap_err();
+    assert!(
+        err.to_string().contains("c.xml::1::me is runAlways"),
+        "{err}"
+    );
+}
+
 // ----------------------------------------------------------- fingerprints
 
 #[test]
