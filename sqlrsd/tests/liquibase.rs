@@ -169,6 +169,20 @@ async fn apply_each(
     times
 }
 
+/// Every planned changeset is found in the closure under the name, id and
+/// author Liquibase reports, so its fingerprint covers its own definition
+/// (not the whole closure's digest, the fallback for unknown changesets).
+fn assert_found_in_closure(c: &Closure, plan: &[PlannedChangeset]) {
+    for p in plan {
+        assert_ne!(
+            c.changeset_inputs(p),
+            c.digest(),
+            "{} not matched",
+            p.label()
+        );
+    }
+}
+
 #[test]
 fn discover_reports_the_version_and_java() {
     let lb = liquibase();
@@ -214,6 +228,7 @@ async fn procrastinate_migrations_plan_and_apply_one_by_one() {
     let fingerprints: std::collections::HashSet<_> =
         plan.iter().map(|p| fingerprint(p, &args, &c)).collect();
     assert_eq!(fingerprints.len(), plan.len());
+    assert_found_in_closure(&c, &plan);
 
     let steps = 3;
     let times = apply_each(&lb, &pg, &root, &args, &plan[..steps]).await;
@@ -304,6 +319,8 @@ async fn every_format_with_contexts_labels_parameters_and_load_data() {
         );
     }
     assert!(pg.user_relations().await.is_empty());
+    assert_found_in_closure(&c, &plan);
+    c.check_plan(&plan).unwrap();
 
     let times = apply_each(&lb, &pg, &root, &filtered, &plan).await;
     eprintln!("update-count --count 1, mixed changelog: {times:?}");

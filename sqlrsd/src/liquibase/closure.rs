@@ -11,8 +11,8 @@
 //! (`.xml`, `.yaml`, `.yml`, `.json`, `.sql`) below a folder, following
 //! symbolic links, in the order of their names. Changelog parameters
 //! (`-D`, `<property>`) are expanded in file names, the first definition
-//! winning; the context, label and dbms filters of properties other than
-//! dbms are not evaluated (they are rare on properties used in paths).
+//! winning; a property's `dbms` is honoured, its `context` and `labels`
+//! are not evaluated (they are rare on properties used in paths).
 //!
 //! A file a change reads (`sqlFile`, `loadData`, …) that does not exist is
 //! not an error here: Liquibase only needs it when the changeset is selected
