@@ -226,6 +226,8 @@ impl Liquibase {
     /// `dir` (about 27 MB, one per launcher, Liquibase and Java): the first
     /// run writes it (a second or two more, once), later runs map it and
     /// start about 0.4 s sooner. Java ignores an archive that does not match.
+    /// A `dir` whose path holds white space is not used (the launcher splits
+    /// `JAVA_OPTS` at spaces).
     pub fn with_class_cache(mut self, dir: impl Into<PathBuf>) -> Self {
         self.class_cache = Some(dir.into());
         self
@@ -244,7 +246,12 @@ impl Liquibase {
     fn jvm_options(&self) -> JvmOptions {
         let mut java_opts = JAVA_OPTS.to_owned();
         let mut archive = None;
-        if let Some(done) = self.class_archive() {
+        // The launcher splits JAVA_OPTS at spaces: an archive path with one
+        // cannot be passed.
+        let archive_path = self
+            .class_archive()
+            .filter(|p| p.to_str().is_some_and(|s| !s.contains(char::is_whitespace)));
+        if let Some(done) = archive_path {
             if done.is_file() {
                 java_opts.push_str(&format!(" -XX:SharedArchiveFile={}", done.display()));
             } else if done
