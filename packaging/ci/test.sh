@@ -6,7 +6,8 @@
 #
 #   bash packaging/ci/test.sh            (what `.ci/run` calls)
 #
-# Environment: SQLRS_TEST_IMAGE names the image the Docker tests use (default:
+# Environment: SQLRS_LIQUIBASE is set to the Liquibase installed under
+# <repo>/.build/liquibase; SQLRS_TEST_IMAGE names the image the Docker tests use (default:
 # sqlrs/postgres:MAJOR of the newest installed PostgreSQL, built here);
 # SQLRS_CI_FS_DIR overrides where the test filesystems are mounted
 # (default <repo>/.build/fs, or /tmp/sqlrs-ci-fs when the `postgres` account
@@ -32,6 +33,8 @@ section "system packages"
 # postgresql: server binaries for the native runtime; postgresql-client: psql;
 # btrfs-progs / xfsprogs: the snapshot backends' test filesystems;
 # docker.io: the Docker runtime's tests; gcc + libc6-dev: the linker rustc needs.
+# (npm and Java for Liquibase are installed below only when missing: a Node.js
+# from elsewhere must not be replaced.)
 PACKAGES=(postgresql postgresql-client btrfs-progs xfsprogs docker.io gcc libc6-dev ca-certificates curl)
 missing=()
 for p in "${PACKAGES[@]}"; do
@@ -141,6 +144,16 @@ if [ -z "${SQLRS_TEST_IMAGE:-}" ]; then
 fi
 export SQLRS_TEST_IMAGE
 echo "SQLRS_TEST_IMAGE=$SQLRS_TEST_IMAGE"
+
+# ---------------------------------------------------------------------------
+section "Liquibase (npm liquibase@4.28.1)"
+if ! command -v npm >/dev/null 2>&1; then
+    echo "installing npm"
+    apt-get update -q && apt-get install -y -q --no-install-recommends npm
+fi
+SQLRS_LIQUIBASE="$(bash packaging/ci/liquibase.sh "$ROOT/.build/liquibase")"
+export SQLRS_LIQUIBASE
+echo "SQLRS_LIQUIBASE=$SQLRS_LIQUIBASE"
 
 # ---------------------------------------------------------------------------
 # Every check runs even when an earlier one fails; the summary says which failed.

@@ -68,6 +68,10 @@ pub enum SetupError {
         "image {image} is not in the Docker daemon at {host}: build it with `packaging/docker/build-image.sh {image}` (SQLRS_TEST_IMAGE picks another image; a daemon started by `packaging/ci/docker.sh` keeps it)"
     )]
     ImageMissing { image: String, host: String },
+    #[error(
+        "Liquibase not found ({detail}): install it with `bash packaging/ci/liquibase.sh .build/liquibase` (npm liquibase@4.28.1 and Java 17) and export SQLRS_LIQUIBASE with the path it prints; `bash packaging/ci/test.sh` does it"
+    )]
+    MissingLiquibase { detail: String },
     #[error("cannot set up {}: {source}", path.display())]
     Io {
         path: PathBuf,
@@ -363,6 +367,34 @@ pub fn datasets_dir() -> Result<PathBuf, SetupError> {
     } else {
         Err(SetupError::MissingDataset { path })
     }
+}
+
+/// The test fixtures folder (`tests/fixtures`).
+pub fn fixtures_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures")
+}
+
+/// The real Liquibase launcher: `$SQLRS_LIQUIBASE`, else `liquibase` on PATH.
+pub fn liquibase_bin() -> Result<PathBuf, SetupError> {
+    if let Some(p) = std::env::var_os("SQLRS_LIQUIBASE").filter(|p| !p.is_empty()) {
+        let p = PathBuf::from(p);
+        return if p.is_file() {
+            Ok(p)
+        } else {
+            Err(SetupError::MissingLiquibase {
+                detail: format!("SQLRS_LIQUIBASE={} is not a file", p.display()),
+            })
+        };
+    }
+    std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|d| d.join("liquibase"))
+        .find(|p| p.is_file())
+        .ok_or_else(|| SetupError::MissingLiquibase {
+            detail: "SQLRS_LIQUIBASE is not set and there is none on PATH".into(),
+        })
 }
 
 /// The real `psql`: on PATH, else the newest `/usr/lib/postgresql/*/bin/psql`.
@@ -730,6 +762,8 @@ impl Sandbox {
             "PGSERVICE",
             "PGOPTIONS",
             "PSQLRC",
+            // Liquibase tests name the launcher in the sandbox's config.
+            "SQLRS_LIQUIBASE",
         ] {
             cmd.env_remove(var);
         }

@@ -48,6 +48,8 @@ pub(super) struct ChangesetStep {
 /// for its version (a JVM start) only when the launcher changed.
 pub struct LbTool {
     configured: Option<PathBuf>,
+    /// Where Liquibase's JVM keeps its class-data archive.
+    class_cache: PathBuf,
     found: tokio::sync::Mutex<Option<(Launcher, Liquibase)>>,
 }
 
@@ -60,9 +62,10 @@ struct Launcher {
 }
 
 impl LbTool {
-    pub fn new(configured: Option<PathBuf>) -> Self {
+    pub fn new(configured: Option<PathBuf>, class_cache: PathBuf) -> Self {
         LbTool {
             configured,
+            class_cache,
             found: tokio::sync::Mutex::new(None),
         }
     }
@@ -90,7 +93,8 @@ impl LbTool {
         let path = launcher.path.clone();
         let tool = tokio::task::spawn_blocking(move || liquibase::discover(Some(&path)))
             .await
-            .expect("Liquibase discovery panicked")?;
+            .expect("Liquibase discovery panicked")?
+            .with_class_cache(&self.class_cache);
         *found = Some((launcher, tool.clone()));
         Ok(tool)
     }
@@ -149,6 +153,7 @@ impl Engine {
                 plan
             }
         };
+        closure.check_plan(&plan)?;
         if plan.is_empty() {
             return Err(EngineError::InvalidRequest(format!(
                 "Liquibase update would run no changeset of {} (with these contexts and labels): nothing to prepare",

@@ -231,6 +231,7 @@ impl Engine {
         snapshotter: snapshot::Detected,
         liquibase_exec: Option<PathBuf>,
     ) -> Self {
+        let class_cache = store.root().join("cache").join("liquibase");
         Self {
             store,
             index,
@@ -240,7 +241,7 @@ impl Engine {
             snapshotter: snapshotter.snapshotter,
             snapshotter_reason: snapshotter.reason,
             build_locks: Mutex::new(HashMap::new()),
-            liquibase: lb::LbTool::new(liquibase_exec),
+            liquibase: lb::LbTool::new(liquibase_exec, class_cache),
         }
     }
 
@@ -598,8 +599,11 @@ impl Engine {
         result
     }
 
-    /// Snapshots `data` as state `id` and records it: made under a temporary
-    /// name, synced, renamed into place, then indexed.
+    /// Makes `data` state `id` and records it. Atomic backends snapshot it
+    /// (the server may run) under a temporary name, synced, then renamed into
+    /// place; the others take the directory itself (its server is stopped):
+    /// synced, then renamed into place, so the caller clones it back into
+    /// `data` if it goes on using it, without syncing that copy. Indexed last.
     async fn record_state(
         &self,
         id: &str,
@@ -614,8 +618,13 @@ impl Engine {
         if tmp.exists() {
             self.snapshotter.remove(&tmp)?;
         }
-        self.snapshotter.snapshot(data, &tmp)?;
-        std::fs::rename(&tmp, &dst).map_err(io_err(&dst))?;
+        if self.snapshotter.atomic() {
+            self.snapshotter.snapshot(data, &tmp)?;
+            std::fs::rename(&tmp, &dst).map_err(io_err(&dst))?;
+        } else {
+            snapshot::write_back(data)?;
+            std::fs::rename(data, &dst).map_err(io_err(&dst))?;
+        }
         let size = self.snapshotter.usage(&dst).unwrap_or(0);
         let now = now_ms();
         self.index.put_state(&StateRecord {
@@ -758,6 +767,8 @@ impl Engine {
             )
             .await?;
             if !atomic {
+                self.snapshotter
+                    .clone_writable(&self.store.state_path(&id), &data)?;
                 server = runtime.start(&data, &run, &Self::server_options()).await?;
                 record.server = Some(server.clone());
             }
