@@ -73,6 +73,9 @@ pub struct DockerSection {
     pub host: Option<String>,
     /// Image for requests that name none.
     pub image: String,
+    /// `host` (default: the server listens on 127.0.0.1 in the host's
+    /// network) or `bridge` (its port published on 127.0.0.1).
+    pub network: crate::runtime::docker::Network,
 }
 
 impl Default for DockerSection {
@@ -80,6 +83,7 @@ impl Default for DockerSection {
         Self {
             host: None,
             image: "postgres:17".into(),
+            network: Default::default(),
         }
     }
 }

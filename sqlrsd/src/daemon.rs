@@ -79,6 +79,7 @@ pub async fn run(loc: Locations) -> Result<(), DaemonError> {
         },
         docker_host: config.runtime.docker.host.clone(),
         docker_image: config.docker_image().to_owned(),
+        docker_network: config.runtime.docker.network,
         shared_dirs: vec![store.root().join("exec")],
     })
     .await?;

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::config::RuntimeKind;
-use crate::runtime::docker::{DockerConfig, DockerRuntime};
+use crate::runtime::docker::{DockerConfig, DockerRuntime, Network};
 use crate::runtime::{NativeConfig, NativeRuntime, Runtime, RuntimeError};
 
 pub struct RuntimeSettings {
@@ -16,6 +16,7 @@ pub struct RuntimeSettings {
     pub native: NativeConfig,
     pub docker_host: Option<String>,
     pub docker_image: String,
+    pub docker_network: Network,
     /// Store folders every container sees at the same path (the exec mirrors).
     pub shared_dirs: Vec<PathBuf>,
 }
@@ -148,6 +149,7 @@ impl Runtimes {
 fn docker_config(settings: &RuntimeSettings, image: &str) -> DockerConfig {
     DockerConfig {
         image: image.to_owned(),
+        network: settings.docker_network,
         docker_host: settings.docker_host.clone(),
         shared_dirs: settings.shared_dirs.clone(),
     }

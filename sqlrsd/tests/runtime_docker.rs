@@ -12,7 +12,7 @@ use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use sqlrsd::runtime::docker::{DockerConfig, DockerRuntime, ExecOptions, OutputStream};
+use sqlrsd::runtime::docker::{DockerConfig, DockerRuntime, ExecOptions, Network, OutputStream};
 use sqlrsd::runtime::{Runtime, RuntimeError, ServerHandle, ServerOptions, generate_password};
 use tempfile::TempDir;
 use tokio_util::sync::CancellationToken;
@@ -55,8 +55,13 @@ impl Store {
 }
 
 async fn runtime(store: &Store) -> DockerRuntime {
+    runtime_on(store, Network::default()).await
+}
+
+async fn runtime_on(store: &Store, network: Network) -> DockerRuntime {
     let cfg = DockerConfig {
         image: image(),
+        network,
         docker_host: None,
         shared_dirs: vec![store.exec()],
     };
@@ -115,6 +120,15 @@ fn psql_args(args: &[&str]) -> Vec<String> {
         .collect()
 }
 
+/// A non-loopback address of this host, if it has one.
+fn host_address() -> Option<std::net::IpAddr> {
+    // Connecting a UDP socket sends nothing; it picks the outgoing address.
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+    socket.connect("192.0.2.1:9").ok()?;
+    let ip = socket.local_addr().ok()?.ip();
+    (!ip.is_loopback()).then_some(ip)
+}
+
 /// `is_running` asks synchronously; run it off the async workers.
 async fn is_running(rt: &DockerRuntime, server: &ServerHandle) -> bool {
     let (rt, server) = (rt.clone(), server.clone());
@@ -165,6 +179,7 @@ async fn a_missing_daemon_or_image_gives_a_clear_error() {
         (
             DockerConfig {
                 image: image(),
+                network: Network::Bridge,
                 docker_host: Some("unix:///nonexistent/docker.sock".into()),
                 shared_dirs: Vec::new(),
             },
@@ -177,6 +192,7 @@ async fn a_missing_daemon_or_image_gives_a_clear_error() {
         (
             DockerConfig {
                 image: image(),
+                network: Network::Bridge,
                 docker_host: Some("tcp://127.0.0.1:1".into()),
                 shared_dirs: Vec::new(),
             },
@@ -185,6 +201,7 @@ async fn a_missing_daemon_or_image_gives_a_clear_error() {
         (
             DockerConfig {
                 image: "sqlrs/no-such-image:0".into(),
+                network: Network::Host,
                 docker_host: None,
                 shared_dirs: vec![store.exec()],
             },
@@ -206,9 +223,18 @@ async fn a_missing_daemon_or_image_gives_a_clear_error() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn servers_run_side_by_side_with_passwords_on_loopback() {
+async fn servers_run_side_by_side_on_the_host_network() {
+    servers_run_side_by_side_with_passwords_on_loopback(Network::Host).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn servers_run_side_by_side_on_a_bridge_network() {
+    servers_run_side_by_side_with_passwords_on_loopback(Network::Bridge).await
+}
+
+async fn servers_run_side_by_side_with_passwords_on_loopback(network: Network) {
     let store = Store::new();
-    let rt = runtime(&store).await;
+    let rt = runtime_on(&store, network).await;
     instances(&rt, &store, &["a", "b"]).await;
     let (a, b) = tokio::join!(start(&rt, &store, "a"), start(&rt, &store, "b"));
     assert_ne!(a.port, b.port);
@@ -240,12 +266,23 @@ async fn servers_run_side_by_side_with_passwords_on_loopback() {
     drop((ca, cb));
 
     rt.checkpoint(&a).await.unwrap();
-    // The port is published on the loopback only.
-    let wildcard = std::net::TcpStream::connect_timeout(
-        &std::net::SocketAddr::from(([127, 0, 0, 1], a.port)),
-        Duration::from_secs(2),
+    // The server answers on the loopback, and on no other host address.
+    let on = |ip: std::net::IpAddr| {
+        std::net::TcpStream::connect_timeout(
+            &std::net::SocketAddr::new(ip, a.port),
+            Duration::from_secs(2),
+        )
+    };
+    assert!(
+        on([127, 0, 0, 1].into()).is_ok(),
+        "the server answers on 127.0.0.1"
     );
-    assert!(wildcard.is_ok(), "the published port answers on 127.0.0.1");
+    if let Some(ip) = host_address() {
+        assert!(
+            on(ip).is_err(),
+            "the server must not answer on the host address {ip} ({network:?})"
+        );
+    }
 
     rt.stop(&a).await.unwrap();
     assert!(!is_running(&rt, &a).await);

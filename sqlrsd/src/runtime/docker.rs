@@ -73,6 +73,8 @@ const SHM_SIZE: i64 = 256 << 20;
 pub struct DockerConfig {
     /// Image reference, e.g. `sqlrs/postgres:15` or `postgres:17`.
     pub image: String,
+    /// How server containers are networked.
+    pub network: Network,
     /// Daemon address (`unix:///…`, `tcp://…`); else `DOCKER_HOST`, else
     /// `unix:///var/run/docker.sock`.
     pub docker_host: Option<String>,
@@ -80,6 +82,30 @@ pub struct DockerConfig {
     /// the store's `exec/` folder, so psql finds its scripts where the host
     /// put them.
     pub shared_dirs: Vec<PathBuf>,
+}
+
+/// How server containers are networked (`runtime.docker.network`). Either
+/// way a server is reachable on the host's 127.0.0.1 only.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Network {
+    /// The host's network namespace, the server listening on 127.0.0.1:
+    /// nothing to publish, so a container starts in about half the time.
+    /// sqlrs bind-mounts store folders and the server's socket folder, so
+    /// its Docker daemon shares the host's kernel anyway.
+    #[default]
+    Host,
+    /// Docker's default bridge, the server's port published on 127.0.0.1.
+    Bridge,
+}
+
+impl Network {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Network::Host => "host",
+            Network::Bridge => "bridge",
+        }
+    }
 }
 
 /// PostgreSQL in Docker containers.
@@ -95,6 +121,7 @@ pub struct DockerRuntime {
     version: String,
     account: Account,
     shared_dirs: Vec<PathBuf>,
+    network: Network,
 }
 
 /// The account containers run as (numeric, so it holds in any image).
@@ -156,6 +183,7 @@ impl DockerRuntime {
             digest: String::new(),
             version: String::new(),
             account,
+            network: cfg.network,
             shared_dirs: cfg
                 .shared_dirs
                 .iter()
@@ -443,9 +471,11 @@ impl DockerRuntime {
         opts: &ServerOptions,
     ) -> ContainerCreateBody {
         let durability = if opts.durable { "on" } else { "off" };
+        let host_network = self.network == Network::Host;
+        let listen = if host_network { "127.0.0.1" } else { "*" };
         let settings = [
             format!("port={port}"),
-            "listen_addresses=*".into(),
+            format!("listen_addresses={listen}"),
             format!("unix_socket_directories={SOCKET_DIR}"),
             "unix_socket_permissions=0700".into(),
             "logging_collector=off".into(),
@@ -477,6 +507,21 @@ impl DockerRuntime {
             (LABEL_IMAGE.into(), self.digest.clone()),
         ]);
         let port_key = format!("{port}/tcp");
+        let (exposed_ports, port_bindings, network_mode) = if host_network {
+            (None, None, Some("host".to_string()))
+        } else {
+            (
+                Some(vec![port_key.clone()]),
+                Some(HashMap::from([(
+                    port_key,
+                    Some(vec![PortBinding {
+                        host_ip: Some("127.0.0.1".into()),
+                        host_port: Some(port.to_string()),
+                    }]),
+                )])),
+                None,
+            )
+        };
         ContainerCreateBody {
             image: Some(self.image_id.clone()),
             entrypoint: Some(vec!["postgres".into()]),
@@ -484,18 +529,13 @@ impl DockerRuntime {
             env: Some(vec!["LANG=C".into()]),
             user: Some(self.account.spec()),
             labels: Some(labels),
-            exposed_ports: Some(vec![port_key.clone()]),
+            exposed_ports,
             stop_signal: Some("SIGINT".into()),
             stop_timeout: Some(STOP_TIMEOUT_SECS.into()),
             host_config: Some(HostConfig {
                 binds: Some(binds),
-                port_bindings: Some(HashMap::from([(
-                    port_key,
-                    Some(vec![PortBinding {
-                        host_ip: Some("127.0.0.1".into()),
-                        host_port: Some(port.to_string()),
-                    }]),
-                )])),
+                port_bindings,
+                network_mode,
                 shm_size: Some(SHM_SIZE),
                 ..Default::default()
             }),
@@ -513,9 +553,17 @@ impl DockerRuntime {
     ) -> Result<ServerHandle, Launch> {
         let name = Self::container_name(data_dir);
         let log = run_dir.join("postgres.log");
+        let t0 = Instant::now();
         self.create(&name, self.server_body(data_dir, run_dir, port, opts))
             .await?;
-        if let Err(e) = self.docker.start_container(&name, None).await {
+        let created = t0.elapsed();
+        let started = self.docker.start_container(&name, None).await;
+        tracing::debug!(
+            create_ms = created.as_millis() as u64,
+            start_ms = (t0.elapsed() - created).as_millis() as u64,
+            "container {name} created and started"
+        );
+        if let Err(e) = started {
             self.remove(&name).await;
             let text = e.to_string();
             let err = docker_err(format!("start the container {name}"))(e);
@@ -551,16 +599,27 @@ impl DockerRuntime {
                         "the container exited".into()
                     };
                     let tail = self.logs(&name, Some(LOG_TAIL_LINES)).await;
+                    // On the host network, another process may have taken
+                    // the port since it was picked: try another one.
+                    let port_taken = !running
+                        && self.network == Network::Host
+                        && tail.contains("could not bind")
+                        && tail.contains("Address already in use");
                     if let Err(e) = fs::write(&log, &tail) {
                         tracing::debug!(log = %log.display(), "cannot keep the server log: {e}");
                     }
                     self.remove(&name).await;
-                    return Err(Launch::Failed(RuntimeError::StartFailed {
+                    let err = RuntimeError::StartFailed {
                         data_dir: data_dir.to_owned(),
                         reason,
                         log,
                         tail,
-                    }));
+                    };
+                    return Err(if port_taken {
+                        Launch::PortTaken(err)
+                    } else {
+                        Launch::Failed(err)
+                    });
                 }
             }
             tokio::time::sleep(READY_POLL).await;
