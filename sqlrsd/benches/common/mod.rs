@@ -304,3 +304,42 @@ pub struct Row {
     pub what: String,
     pub median: Duration,
 }
+
+impl Sqlrs {
+    /// Like [`Sqlrs::prepare_json`] for any prepare command (`prepare:lb`,
+    /// …), with `env_remove` taken out of the CLI's environment (and so out of
+    /// a daemon it starts).
+    pub fn prepare_command_json(
+        &self,
+        cwd: &Path,
+        command: &str,
+        args: &[String],
+        env_remove: &[&str],
+    ) -> (Duration, serde_json::Value) {
+        let t = Instant::now();
+        let mut cmd = self.cmd(cwd);
+        for var in env_remove {
+            cmd.env_remove(var);
+        }
+        let out = run_ok(cmd.args(["--output", "json", command, "--"]).args(args));
+        let v: serde_json::Value = serde_json::from_str(out.trim()).expect("prepare prints JSON");
+        psql(v["dsn"].as_str().unwrap(), &["-c", "select 1"], cwd);
+        (t.elapsed(), v)
+    }
+}
+
+/// Copies the files of `from` into `to` (created), recursively, following
+/// symbolic links: the copy holds their targets.
+pub fn copy_resolved(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap().flatten() {
+        let (src, dst) = (entry.path(), to.join(entry.file_name()));
+        // `metadata` follows symbolic links.
+        let meta = std::fs::metadata(&src).unwrap();
+        if meta.is_dir() {
+            copy_resolved(&src, &dst);
+        } else {
+            std::fs::copy(&src, &dst).unwrap();
+        }
+    }
+}
