@@ -290,6 +290,10 @@ fn main() {
         "every changeset is cached after the first build: {plan:#}"
     );
     let changesets = steps.len();
+    let base_id = plan["base_id"]
+        .as_str()
+        .expect("plan:lb names the base state")
+        .to_owned();
     eprintln!(
         "first build: {}s, {changesets} changesets, Liquibase runs: {} update-sql, {} update-count",
         secs(build),
@@ -382,4 +386,6 @@ fn main() {
         verdict(ratio(a, b) >= 10.0),
         ratio(a, b)
     );
+    // States are read-only btrfs subvolumes that only sqlrs removes.
+    bench.rm(&base_id);
 }
