@@ -142,4 +142,7 @@ fn main() {
     for r in ratios {
         println!("{r}");
     }
+    for sqlrs in [&native, &docker] {
+        sqlrs.remove_all_states(tmp.path());
+    }
 }

@@ -148,6 +148,9 @@ fn main() {
         }
     }
     report(&rows, runs);
+    for sqlrs in [&btrfs_sqlrs, &copy_sqlrs] {
+        sqlrs.remove_all_states(tmp.path());
+    }
 }
 
 fn find(rows: &[Row], ds: &str, prefix: &str) -> Duration {

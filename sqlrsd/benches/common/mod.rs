@@ -281,6 +281,19 @@ impl Sqlrs {
         (t.elapsed(), v)
     }
 
+    /// Removes every state and instance of this store (from the roots down):
+    /// read-only btrfs snapshots would otherwise outlive the bench's folder.
+    pub fn remove_all_states(&self, cwd: &Path) {
+        let out = run_ok(self.cmd(cwd).args(["--output", "json", "ls", "--states"]));
+        let states: serde_json::Value = serde_json::from_str(&out).expect("ls --states JSON");
+        for s in states.as_array().into_iter().flatten() {
+            let root = s["parent_id"].as_str().is_none_or(str::is_empty);
+            if root {
+                self.rm(cwd, s["id"].as_str().expect("a state id"));
+            }
+        }
+    }
+
     pub fn rm(&self, cwd: &Path, id: &str) {
         run_ok(self.cmd(cwd).args(["rm", "--recurse", "--force", id]));
     }
