@@ -63,6 +63,9 @@ const HBA_LINE: &str = "host all all all scram-sha-256";
 const READY_POLL: Duration = Duration::from_millis(5);
 const STATE_POLL: Duration = Duration::from_millis(200);
 const READY_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long a container may stay in Podman's transient `stopped` state (see
+/// [`podman_stopped`]) before listing containers gives up.
+const PODMAN_CLEANUP_WAIT: Duration = Duration::from_secs(10);
 const STOP_TIMEOUT_SECS: i32 = 60;
 const CANCEL_GRACE: Duration = Duration::from_secs(3);
 const LOG_TAIL_LINES: usize = 40;
@@ -458,7 +461,7 @@ impl DockerRuntime {
                 Ok((state.running == Some(true))
                     .then(|| state.pid.and_then(|p| u32::try_from(p).ok()).unwrap_or(0)))
             }
-            Err(e) if not_found(&e) => Ok(None),
+            Err(e) if not_found(&e) || podman_stopped(&e) => Ok(None),
             Err(e) => Err(docker_err(format!("inspect the container {name}"))(e)),
         }
     }
@@ -808,11 +811,16 @@ impl DockerRuntime {
             )])),
             ..Default::default()
         };
-        let list = self
-            .docker
-            .list_containers(Some(opts))
-            .await
-            .map_err(docker_err("list containers".into()))?;
+        let deadline = Instant::now() + PODMAN_CLEANUP_WAIT;
+        let list = loop {
+            match self.docker.list_containers(Some(opts.clone())).await {
+                Ok(list) => break list,
+                Err(e) if podman_stopped(&e) && Instant::now() < deadline => {
+                    tokio::time::sleep(STATE_POLL).await;
+                }
+                Err(e) => return Err(docker_err("list containers".into())(e)),
+            }
+        };
         let root = absolute(root)?;
         Ok(list
             .into_iter()
@@ -1144,6 +1152,17 @@ fn not_found(e: &DockerError) -> bool {
     )
 }
 
+/// Podman's Docker-compatible API reports a container whose process has
+/// exited but which Podman has not cleaned up yet as `stopped`, a state the
+/// Docker API does not define, so bollard cannot read the answer. It lasts
+/// until Podman's cleanup runs, usually a few milliseconds.
+fn podman_stopped(e: &DockerError) -> bool {
+    matches!(
+        e,
+        DockerError::JsonDataError { message, .. } if message.contains("unknown variant `stopped`")
+    )
+}
+
 fn not_modified(e: &DockerError) -> bool {
     matches!(
         e,
@@ -1200,6 +1219,34 @@ mod tests {
             DockerRuntime::container_name(Path::new("/s/instances/a/data"))
         );
         assert!(a.starts_with("sqlrs-") && a.len() == 22, "{a}");
+    }
+
+    #[test]
+    fn podmans_stopped_state_is_recognised() {
+        // What bollard makes of a reply it cannot read, as in its decoder.
+        let reply = |json: &str| {
+            let err = serde_json::from_str::<Vec<bollard::models::ContainerSummary>>(json)
+                .expect_err(json);
+            DockerError::JsonDataError {
+                message: err.to_string(),
+                column: err.column(),
+            }
+        };
+        let cases = [
+            (reply(r#"[{"Id":"a","State":"stopped"}]"#), true),
+            (reply(r#"[{"Id":"a","State":"configured"}]"#), false),
+            (reply(r#"[{"Id":"a","State":7}]"#), false),
+            (
+                DockerError::DockerResponseServerError {
+                    status_code: 500,
+                    message: "unknown variant `stopped`".into(),
+                },
+                false,
+            ),
+        ];
+        for (err, want) in cases {
+            assert_eq!(podman_stopped(&err), want, "{err:?}");
+        }
     }
 
     #[test]
