@@ -146,6 +146,40 @@ export SQLRS_TEST_IMAGE
 echo "SQLRS_TEST_IMAGE=$SQLRS_TEST_IMAGE"
 
 # ---------------------------------------------------------------------------
+section "Podman (private rootful service, the same offline image)"
+# The Docker runtime also runs against Podman's Docker-compatible API; the
+# checks below point DOCKER_HOST at it. SQLRS_CI_PODMAN_DIR overrides where
+# the service keeps its socket and storage (default <repo>/.build/podman).
+PODMAN_DIR="${SQLRS_CI_PODMAN_DIR:-$ROOT/.build/podman}"
+if [ -z "${SQLRS_CI_PODMAN_DIR:-}" ] && [ "${#PODMAN_DIR}" -gt 90 ]; then
+    PODMAN_DIR=/tmp/sqlrs-ci-podman
+fi
+# Stop on exit only a Podman service this run started.
+podman_was_running=false
+if pid="$(cat "$PODMAN_DIR/podman.pid" 2>/dev/null)" && [ "$(cat "/proc/$pid/comm" 2>/dev/null || true)" = podman ]; then
+    podman_was_running=true
+fi
+cleanup_podman() {
+    if ! $podman_was_running; then
+        bash packaging/ci/podman.sh --stop "$PODMAN_DIR" || echo "warning: could not stop the test Podman service" >&2
+    fi
+    cleanup
+}
+trap cleanup_podman EXIT
+podman_vars="$(bash packaging/ci/podman.sh "$PODMAN_DIR")"
+echo "$podman_vars"
+PODMAN_HOST="$(sed -n 's/^DOCKER_HOST=//p' <<<"$podman_vars" | tail -n1)"
+[ -n "$PODMAN_HOST" ] || die "packaging/ci/podman.sh printed no DOCKER_HOST=..."
+echo "PODMAN_HOST=$PODMAN_HOST"
+# An image named as build-image.sh names it (sqlrs/postgres:MAJOR of an
+# installed major) is built into Podman too; any other SQLRS_TEST_IMAGE is
+# pulled by sqlrs when Podman lacks it.
+podman_major="${SQLRS_TEST_IMAGE#sqlrs/postgres:}"
+if [ "$podman_major" != "$SQLRS_TEST_IMAGE" ] && [ -d "/usr/lib/postgresql/$podman_major" ]; then
+    DOCKER_HOST="$PODMAN_HOST" PG_MAJOR="$podman_major" bash packaging/docker/build-image.sh "$SQLRS_TEST_IMAGE"
+fi
+
+# ---------------------------------------------------------------------------
 section "Liquibase (npm liquibase@4.28.1)"
 if ! command -v npm >/dev/null 2>&1; then
     echo "installing npm"
@@ -176,6 +210,10 @@ run_check "tests" cargo test --workspace --no-fail-fast --exclude sqlrs-e2e
 e2e_started=$SECONDS
 run_check "end-to-end tests" cargo test -p sqlrs-e2e --no-fail-fast
 echo "end-to-end tests took $((SECONDS - e2e_started))s"
+podman_started=$SECONDS
+run_check "Docker runtime on Podman" env DOCKER_HOST="$PODMAN_HOST" cargo test -p sqlrsd --test runtime_docker
+run_check "end-to-end tests on Podman (docker_copy)" env DOCKER_HOST="$PODMAN_HOST" cargo test -p sqlrs-e2e --no-fail-fast -- docker_copy
+echo "Podman tests took $((SECONDS - podman_started))s"
 
 section "summary"
 if [ "${#failed[@]}" -gt 0 ]; then
