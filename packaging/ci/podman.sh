@@ -17,7 +17,7 @@
 #
 #   DOCKER_HOST=unix://DIR/podman.sock
 #
-# Use it as `eval "$(packaging/ci/podman.sh DIR)"`; progress goes to stderr.
+# Use it as `export "$(packaging/ci/podman.sh DIR)"`; progress goes to stderr.
 # Must run as root (rootful Podman keeps the host's uids in bind mounts). Then
 # build the PostgreSQL image with packaging/docker/build-image.sh, which talks
 # to the service through the same DOCKER_HOST. To use the podman command on the
