@@ -209,6 +209,11 @@ mod tests {
             "native: runtime.kind = native in the config"
         );
         assert_eq!(json["store_bytes"], 3u64 << 30);
-        assert_eq!(json.as_object().unwrap().len(), 12);
+        assert_eq!(json["liquibase"], serde_json::Value::Null);
+        assert_eq!(
+            json["liquibase_error"],
+            "Liquibase was not found (none on PATH); install it"
+        );
+        assert_eq!(json.as_object().unwrap().len(), 14);
     }
 }
