@@ -77,6 +77,12 @@ if $stop; then
     else
         log "no dockerd running for $DIR"
     fi
+    # dockerd leaves bind mounts under its folder (exec/netns/default): without
+    # them gone, the folder cannot be removed. Deepest first.
+    awk -v dir="$DIR/" 'index($2, dir) == 1 { print $2 }' /proc/self/mounts | sort -r |
+        while read -r mnt; do
+            umount "$mnt" 2>/dev/null || umount -l "$mnt" || log "could not unmount $mnt"
+        done
     exit 0
 fi
 
