@@ -7,7 +7,7 @@ const PREPARE_COMMANDS: &[&str] = &["prepare", "prepare:psql", "prepare:lb"];
 /// Tokens that start the run half of a composite.
 const RUN_COMMANDS: &[&str] = &["run", "run:psql", "run:pgbench"];
 /// sqlrs options (before `--`) whose value is the next token.
-const SQLRS_VALUE_OPTIONS: &[&str] = &["--output", "--image"];
+const SQLRS_VALUE_OPTIONS: &[&str] = &["--output", "--image", "--name", "--ttl"];
 /// psql short options that take a value (from psql's getopt string).
 const PSQL_SHORT_VALUE: &str = "cdfFhLopPRTUv";
 /// psql long options that take a value.
@@ -289,6 +289,22 @@ mod tests {
                 "sqlrs prepare:psql --image run -- -f a.sql run q",
                 "sqlrs prepare:psql --image run -- -f a.sql",
                 Some("run q"),
+            ),
+            // `--name run` names the instance `run`.
+            (
+                "sqlrs prepare db --name run run q",
+                "sqlrs prepare db --name run",
+                Some("run q"),
+            ),
+            (
+                "sqlrs prepare:psql --ttl 2h --name run -- -f a.sql run:psql -- -c x",
+                "sqlrs prepare:psql --ttl 2h --name run -- -f a.sql",
+                Some("run:psql -- -c x"),
+            ),
+            (
+                "sqlrs prepare db --name=run --keep run:pgbench -- -S",
+                "sqlrs prepare db --name=run --keep",
+                Some("run:pgbench -- -S"),
             ),
             (
                 "sqlrs prepare:psql -- -f run:pgbench",

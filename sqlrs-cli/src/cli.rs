@@ -1,5 +1,8 @@
 //! The command-line grammar (clap): every command, flag and help text.
 
+use std::time::Duration;
+
+use clap::builder::NonEmptyStringValueParser;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Debug, Parser)]
@@ -63,6 +66,8 @@ pub enum Command {
     PreparePsql {
         #[command(flatten)]
         engine: EngineArgs,
+        #[command(flatten)]
+        instance: InstanceArgs,
         /// psql arguments: -f FILE, -c SQL, -f - (stdin), -v NAME=VALUE, -1.
         #[arg(last = true, required = true, value_name = "PSQL ARGS")]
         args: Vec<String>,
@@ -72,6 +77,8 @@ pub enum Command {
     PrepareLb {
         #[command(flatten)]
         engine: EngineArgs,
+        #[command(flatten)]
+        instance: InstanceArgs,
         /// Liquibase arguments: update --changelog-file FILE [--search-path …]
         /// [--contexts …] [--label-filter …] [-Dname=value …]; sqlrs supplies the connection.
         #[arg(last = true, required = true, value_name = "LIQUIBASE ARGS")]
@@ -84,6 +91,8 @@ pub enum Command {
         /// Overrides the alias file's `image:`.
         #[command(flatten)]
         engine: EngineArgs,
+        #[command(flatten)]
+        instance: InstanceArgs,
     },
     /// Show the steps a prepare would take, their state ids and which are cached.
     #[command(name = "plan:psql")]
@@ -152,16 +161,23 @@ back live, Ctrl-C stops the run (exit 130). No stdin is sent."
         #[arg(long)]
         instance: Option<String>,
     },
-    /// Follow a job's progress (Ctrl-C detaches; the job keeps running).
-    Watch {
-        /// Job id or a unique prefix of it.
-        job: String,
-    },
+    /// Follow a job's progress (Ctrl-C detaches; the job keeps running), or,
+    /// without a job, watch the workspace of the current folder and show its status.
+    #[command(
+        long_about = "Follow a job's progress, or watch the workspace of the current folder.\n\n\
+`sqlrs watch JOB` follows the job's events to its end (Ctrl-C detaches; the job keeps running).\n\n\
+`sqlrs watch` registers the workspace (the folder holding .sqlrs/) with sqlrsd, which then \
+rebuilds changed prepare chains in the background, and prints its status: one line per alias \
+with its status (cached, stale, building, failed, invalid) and head state. `--follow` keeps \
+printing the status on every change until Ctrl-C; `--stop` makes sqlrsd forget the workspace."
+    )]
+    Watch(WatchArgs),
     /// List instances (default), states (as a tree), jobs or tasks.
     Ls(LsArgs),
     /// Remove an instance, a state or a job by id prefix (at least 8 hex characters).
     Rm(RmArgs),
-    /// Show the daemon, its runtime, snapshotter and store. Starts the daemon when none runs.
+    /// Show the daemon, its runtime, snapshotter and store, the warm pool and the watched
+    /// workspaces. Starts the daemon when none runs.
     Status,
     /// Start, stop or inspect the daemon.
     Daemon {
@@ -170,6 +186,56 @@ back live, Ctrl-C stops the run (exit 130). No stdin is sent."
     },
     /// Make the current folder a sqlrs workspace (creates .sqlrs/); safe to repeat.
     Init,
+}
+
+/// The instance a prepare hands out: its stable name and how long it lives.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Args)]
+pub struct InstanceArgs {
+    /// Bind the instance to a stable name: asking again with the same name
+    /// returns the same instance while its state is current, a new one when
+    /// the chain changed (the old one is removed unless --keep).
+    #[arg(
+        long = "name",
+        id = "instance_name",
+        value_name = "NAME",
+        value_parser = NonEmptyStringValueParser::new()
+    )]
+    pub name: Option<String>,
+    /// With --name: when the chain changed, keep the previously named
+    /// instance (it loses the name) instead of removing it.
+    #[arg(long, requires = "instance_name")]
+    pub keep: bool,
+    /// Time to live, e.g. 90s, 30m, 2h, 1h30m: the instance is removed once it
+    /// expired and no connection is open. Default: the daemon's configuration.
+    #[arg(long, value_name = "DURATION", value_parser = parse_ttl)]
+    pub ttl: Option<Duration>,
+}
+
+/// A `--ttl` value: a human duration of at least a millisecond (0 would
+/// mean the daemon's default on the wire).
+pub fn parse_ttl(text: &str) -> Result<Duration, String> {
+    let ttl = humantime::parse_duration(text)
+        .map_err(|e| format!("{e}; write a duration such as 90s, 30m, 2h or 1h30m"))?;
+    if ttl.as_millis() == 0 {
+        return Err(
+            "a time to live must be at least 1ms; leave --ttl out for the configured default"
+                .into(),
+        );
+    }
+    Ok(ttl)
+}
+
+/// `sqlrs watch [JOB] [--stop] [--follow]`.
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    /// Job id or a unique prefix of it; without one, the workspace of the current folder.
+    pub job: Option<String>,
+    /// Make sqlrsd stop watching the workspace of the current folder.
+    #[arg(long, conflicts_with_all = ["job", "follow"])]
+    pub stop: bool,
+    /// Keep printing the workspace's status on every change until Ctrl-C.
+    #[arg(long, conflicts_with = "job")]
+    pub follow: bool,
 }
 
 /// Which engine a prepare or plan uses.
@@ -185,6 +251,12 @@ pub struct LsArgs {
     /// Running instances (the default).
     #[arg(long)]
     pub instances: bool,
+    /// Only named instances (`prepare --name`): NAME, INSTANCE, STATE, DSN.
+    #[arg(long)]
+    pub names: bool,
+    /// Also the warm pool's instances (status `warm`).
+    #[arg(long)]
+    pub warm: bool,
     /// Cached states, drawn as a tree.
     #[arg(long)]
     pub states: bool,
@@ -236,61 +308,154 @@ mod tests {
         let parse = |line: &str| {
             Cli::try_parse_from(line.split_whitespace()).map(|c| format!("{:?}", c.command))
         };
+        const NO_INSTANCE: &str = "instance: InstanceArgs { name: None, keep: false, ttl: None }";
         let ok = [
             (
                 "sqlrs prepare:psql -- -f a.sql",
-                "PreparePsql { engine: EngineArgs { image: None }, args: [\"-f\", \"a.sql\"] }",
+                format!(
+                    "PreparePsql {{ engine: EngineArgs {{ image: None }}, {NO_INSTANCE}, args: [\"-f\", \"a.sql\"] }}"
+                ),
             ),
             (
                 "sqlrs prepare:psql --image postgres:17 -- -f a.sql",
-                "PreparePsql { engine: EngineArgs { image: Some(\"postgres:17\") }, args: [\"-f\", \"a.sql\"] }",
+                format!(
+                    "PreparePsql {{ engine: EngineArgs {{ image: Some(\"postgres:17\") }}, {NO_INSTANCE}, args: [\"-f\", \"a.sql\"] }}"
+                ),
+            ),
+            (
+                "sqlrs prepare:psql --name dev --keep --ttl 2h -- -f a.sql",
+                "PreparePsql { engine: EngineArgs { image: None }, instance: InstanceArgs { name: Some(\"dev\"), keep: true, ttl: Some(7200s) }, args: [\"-f\", \"a.sql\"] }".into(),
+            ),
+            (
+                "sqlrs prepare:lb --ttl 90s -- update --changelog-file c.xml",
+                "PrepareLb { engine: EngineArgs { image: None }, instance: InstanceArgs { name: None, keep: false, ttl: Some(90s) }, args: [\"update\", \"--changelog-file\", \"c.xml\"] }".into(),
             ),
             (
                 "sqlrs plan:psql --image=pg -- -f a.sql",
-                "PlanPsql { engine: EngineArgs { image: Some(\"pg\") }, args: [\"-f\", \"a.sql\"] }",
+                "PlanPsql { engine: EngineArgs { image: Some(\"pg\") }, args: [\"-f\", \"a.sql\"] }".into(),
             ),
             (
                 "sqlrs prepare db --image pg",
-                "Prepare { name: \"db\", engine: EngineArgs { image: Some(\"pg\") } }",
+                format!(
+                    "Prepare {{ name: \"db\", engine: EngineArgs {{ image: Some(\"pg\") }}, {NO_INSTANCE} }}"
+                ),
+            ),
+            (
+                "sqlrs prepare db --name=dev --ttl 1h30m",
+                "Prepare { name: \"db\", engine: EngineArgs { image: None }, instance: InstanceArgs { name: Some(\"dev\"), keep: false, ttl: Some(5400s) } }".into(),
+            ),
+            (
+                "sqlrs prepare --name db db --ttl 250ms",
+                "Prepare { name: \"db\", engine: EngineArgs { image: None }, instance: InstanceArgs { name: Some(\"db\"), keep: false, ttl: Some(250ms) } }".into(),
             ),
             (
                 "sqlrs plan db",
-                "Plan { name: \"db\", engine: EngineArgs { image: None } }",
+                "Plan { name: \"db\", engine: EngineArgs { image: None } }".into(),
             ),
             (
                 "sqlrs run:pgbench --instance abc -- -c 4 -T 10",
-                "RunPgbench { instance: Some(\"abc\"), args: [\"-c\", \"4\", \"-T\", \"10\"] }",
+                "RunPgbench { instance: Some(\"abc\"), args: [\"-c\", \"4\", \"-T\", \"10\"] }".into(),
             ),
             (
                 "sqlrs ls --tasks",
-                "Ls(LsArgs { instances: false, states: false, jobs: false, tasks: Some(\"\") })",
+                "Ls(LsArgs { instances: false, names: false, warm: false, states: false, jobs: false, tasks: Some(\"\") })".into(),
             ),
             (
                 "sqlrs ls --tasks abc",
-                "Ls(LsArgs { instances: false, states: false, jobs: false, tasks: Some(\"abc\") })",
+                "Ls(LsArgs { instances: false, names: false, warm: false, states: false, jobs: false, tasks: Some(\"abc\") })".into(),
+            ),
+            (
+                "sqlrs ls --names --warm",
+                "Ls(LsArgs { instances: false, names: true, warm: true, states: false, jobs: false, tasks: None })".into(),
             ),
             (
                 "sqlrs run:psql --instance abc -- -c x",
-                "RunPsql { instance: Some(\"abc\"), args: [\"-c\", \"x\"] }",
+                "RunPsql { instance: Some(\"abc\"), args: [\"-c\", \"x\"] }".into(),
             ),
             (
                 "sqlrs daemon status --output json",
-                "Daemon { action: Status }",
+                "Daemon { action: Status }".into(),
+            ),
+            (
+                "sqlrs watch 0123abcd",
+                "Watch(WatchArgs { job: Some(\"0123abcd\"), stop: false, follow: false })".into(),
+            ),
+            (
+                "sqlrs watch",
+                "Watch(WatchArgs { job: None, stop: false, follow: false })".into(),
+            ),
+            (
+                "sqlrs watch --stop",
+                "Watch(WatchArgs { job: None, stop: true, follow: false })".into(),
+            ),
+            (
+                "sqlrs watch --follow --output json",
+                "Watch(WatchArgs { job: None, stop: false, follow: true })".into(),
             ),
         ];
         for (line, want) in ok {
             assert_eq!(parse(line).unwrap(), want, "{line}");
         }
-        for line in [
-            "sqlrs prepare:psql -f a.sql",
-            "sqlrs prepare:psql",
-            "sqlrs run:pgbench -c 1",
-            "sqlrs run:psql --image pg -- -c x",
-            "sqlrs prepare:psql --image -- -f a.sql",
-            "sqlrs --output yaml ls",
-        ] {
+        // (line, what the usage error says)
+        let errors = [
+            ("sqlrs prepare:psql -f a.sql", "unexpected argument '-f'"),
+            ("sqlrs prepare:psql", "required arguments were not provided"),
+            ("sqlrs run:pgbench -c 1", "unexpected argument '-c'"),
+            (
+                "sqlrs run:psql --image pg -- -c x",
+                "unexpected argument '--image'",
+            ),
+            (
+                "sqlrs prepare:psql --image -- -f a.sql",
+                "a value is required",
+            ),
+            ("sqlrs --output yaml ls", "invalid value 'yaml'"),
+            (
+                "sqlrs prepare:psql --ttl 2 -- -f a.sql",
+                "invalid value '2' for '--ttl <DURATION>': time unit needed",
+            ),
+            (
+                "sqlrs prepare db --ttl soon",
+                "write a duration such as 90s, 30m, 2h or 1h30m",
+            ),
+            ("sqlrs prepare db --ttl 0s", "must be at least 1ms"),
+            ("sqlrs prepare db --ttl 10us", "must be at least 1ms"),
+            (
+                "sqlrs prepare db --keep",
+                "the following required arguments were not provided:\n  --name <NAME>",
+            ),
+            (
+                "sqlrs prepare:lb --keep -- update --changelog-file c.xml",
+                "--name <NAME>",
+            ),
+            (
+                "sqlrs prepare db --name=",
+                "a value is required for '--name <NAME>'",
+            ),
+            (
+                "sqlrs plan:psql --name dev -- -f a.sql",
+                "unexpected argument '--name'",
+            ),
+            ("sqlrs plan db --ttl 1h", "unexpected argument '--ttl'"),
+            (
+                "sqlrs watch abc --stop",
+                "the argument '[JOB]' cannot be used with '--stop'",
+            ),
+            (
+                "sqlrs watch abc --follow",
+                "the argument '[JOB]' cannot be used with '--follow'",
+            ),
+            (
+                "sqlrs watch --stop --follow",
+                "'--stop' cannot be used with '--follow'",
+            ),
+            ("sqlrs watch a b", "unexpected argument 'b'"),
+        ];
+        for (line, says) in errors {
             let err = parse(line).unwrap_err();
             assert_eq!(err.exit_code(), 2, "{line}");
+            let text = err.to_string();
+            assert!(text.contains(says), "{line}: {text}");
         }
         let cli = Cli::try_parse_from(["sqlrs", "ls", "--output", "json", "-q"]).unwrap();
         assert_eq!((cli.output, cli.quiet), (Output::Json, true));

@@ -42,10 +42,24 @@ enum Choice {
 /// How following a job ended.
 #[derive(Debug)]
 pub enum Outcome {
-    Succeeded { job_id: String, instance: Instance },
-    Failed { job_id: String, error: JobError },
-    Cancelled { job_id: String },
-    Detached { job_id: String },
+    Succeeded {
+        job_id: String,
+        instance: Instance,
+    },
+    /// The job built its states and hands out no instance (a prebuild).
+    Built {
+        job_id: String,
+    },
+    Failed {
+        job_id: String,
+        error: JobError,
+    },
+    Cancelled {
+        job_id: String,
+    },
+    Detached {
+        job_id: String,
+    },
 }
 
 /// Follows `stream` to the job's end, drawing progress unless quiet.
@@ -81,10 +95,10 @@ pub async fn follow(
                 }
                 match event.event {
                     Some(Event::Succeeded(done)) => {
-                        let instance = done.instance.ok_or_else(|| {
-                            anyhow::anyhow!("sqlrsd reported job {job_id} done without an instance; see `sqlrs ls --jobs`")
-                        })?;
-                        return Ok(Outcome::Succeeded { job_id, instance });
+                        return Ok(match done.instance {
+                            Some(instance) => Outcome::Succeeded { job_id, instance },
+                            None => Outcome::Built { job_id },
+                        });
                     }
                     Some(Event::Failed(error)) => return Ok(Outcome::Failed { job_id, error }),
                     Some(Event::Cancelled(_)) => return Ok(Outcome::Cancelled { job_id }),
@@ -191,14 +205,23 @@ pub fn progress_line(event: &JobEvent, since_ms: u64) -> Option<String> {
         }
         Event::Step(step) => Some(step_line(step)),
         Event::Log(log) => Some(format!("      {}", log.text.trim_end())),
-        Event::Succeeded(done) => {
-            let id = done.instance.as_ref().map_or("", |i| i.id.as_str());
-            Some(format!(
-                "instance {} ready ({})",
-                render::short(id, render::SHORT_ID),
-                render::duration(since_ms)
-            ))
-        }
+        Event::Succeeded(done) => Some(match &done.instance {
+            Some(instance) => format!(
+                "instance {}{} ready ({}{})",
+                render::short(&instance.id, render::SHORT_ID),
+                match instance.name.as_str() {
+                    "" => String::new(),
+                    name => format!(" ({name})"),
+                },
+                render::duration(since_ms),
+                if instance.from_pool {
+                    ", from the warm pool"
+                } else {
+                    ""
+                }
+            ),
+            None => format!("states built ({})", render::duration(since_ms)),
+        }),
         Event::Failed(_) => None,
         Event::Cancelled(_) => Some(format!("job {} cancelled", event.job_id)),
     }
@@ -220,11 +243,7 @@ fn step_line(step: &StepEvent) -> String {
 
 /// `error: <file>:<line>: <message>`, leaving out what the error lacks.
 pub fn error_line(error: &JobError) -> String {
-    match (error.file.as_str(), error.line) {
-        ("", _) => format!("error: {}", error.message),
-        (file, 0) => format!("error: {file}: {}", error.message),
-        (file, line) => format!("error: {file}:{line}: {}", error.message),
-    }
+    format!("error: {}", ErrorItem::from(error).located())
 }
 
 /// A job error for JSON output.
@@ -235,6 +254,17 @@ pub struct ErrorItem {
     pub file: Option<String>,
     pub line: Option<u32>,
     pub step: Option<u32>,
+}
+
+impl ErrorItem {
+    /// `<file>:<line>: <message>`, leaving out what the error lacks.
+    pub fn located(&self) -> String {
+        match (&self.file, self.line) {
+            (None, _) => self.message.clone(),
+            (Some(file), None) => format!("{file}: {}", self.message),
+            (Some(file), Some(line)) => format!("{file}:{line}: {}", self.message),
+        }
+    }
 }
 
 impl From<&JobError> for ErrorItem {
@@ -256,14 +286,52 @@ pub struct Prepared {
     pub instance_id: String,
     pub state_id: String,
     pub dsn: String,
+    /// The stable name bound with `--name`.
+    pub name: Option<String>,
+    /// When the instance expires; None: never.
+    pub expires_at_ms: Option<u64>,
+    /// Open connections; None when unknown.
+    pub connections: Option<u32>,
+    /// Whether the instance came ready-started from the warm pool.
+    pub from_pool: bool,
+    /// When its server was started.
+    pub started_at_ms: Option<u64>,
 }
 
+impl Prepared {
+    fn new(job_id: &str, i: &Instance) -> Self {
+        Prepared {
+            job_id: job_id.to_owned(),
+            instance_id: i.id.clone(),
+            state_id: i.state_id.clone(),
+            dsn: i.dsn.clone(),
+            name: render::some_text(&i.name),
+            expires_at_ms: render::some_time(i.expires_at_ms),
+            connections: u32::try_from(i.connections).ok(),
+            from_pool: i.from_pool,
+            started_at_ms: render::some_time(i.started_at_ms),
+        }
+    }
+}
+
+/// How a followed job ended without handing out an instance.
 #[derive(Serialize)]
 #[serde(tag = "status", rename_all = "lowercase")]
-enum Unfinished<'a> {
-    Failed { job_id: &'a str, error: ErrorItem },
-    Cancelled { job_id: &'a str },
-    Detached { job_id: &'a str },
+enum NoInstance<'a> {
+    /// A prebuild job built its states.
+    Built {
+        job_id: &'a str,
+    },
+    Failed {
+        job_id: &'a str,
+        error: ErrorItem,
+    },
+    Cancelled {
+        job_id: &'a str,
+    },
+    Detached {
+        job_id: &'a str,
+    },
 }
 
 /// Prints the outcome (results on stdout, messages on stderr) and returns the exit code.
@@ -271,21 +339,24 @@ pub fn report(ctx: Ctx, outcome: &Outcome) -> anyhow::Result<u8> {
     match outcome {
         Outcome::Succeeded { job_id, instance } => {
             if ctx.json() {
-                render::print_json(&Prepared {
-                    job_id: job_id.clone(),
-                    instance_id: instance.id.clone(),
-                    state_id: instance.state_id.clone(),
-                    dsn: instance.dsn.clone(),
-                })?;
+                render::print_json(&Prepared::new(job_id, instance))?;
             } else {
                 println!("DSN={}", instance.dsn);
+            }
+            Ok(exit::OK)
+        }
+        Outcome::Built { job_id } => {
+            if ctx.json() {
+                render::print_json(&NoInstance::Built { job_id })?;
+            } else {
+                println!("job {job_id} succeeded: its states are built (it hands out no instance)");
             }
             Ok(exit::OK)
         }
         Outcome::Failed { job_id, error } => {
             eprintln!("{}", error_line(error));
             if ctx.json() {
-                render::print_json(&Unfinished::Failed {
+                render::print_json(&NoInstance::Failed {
                     job_id,
                     error: error.into(),
                 })?;
@@ -294,7 +365,7 @@ pub fn report(ctx: Ctx, outcome: &Outcome) -> anyhow::Result<u8> {
         }
         Outcome::Cancelled { job_id } => {
             if ctx.json() {
-                render::print_json(&Unfinished::Cancelled { job_id })?;
+                render::print_json(&NoInstance::Cancelled { job_id })?;
             }
             Ok(exit::CANCELLED)
         }
@@ -303,7 +374,7 @@ pub fn report(ctx: Ctx, outcome: &Outcome) -> anyhow::Result<u8> {
                 "detached: job {job_id} keeps running; re-attach with `sqlrs watch {job_id}`"
             );
             if ctx.json() {
-                render::print_json(&Unfinished::Detached { job_id })?;
+                render::print_json(&NoInstance::Detached { job_id })?;
             } else {
                 println!("JOB={job_id}");
             }
@@ -378,9 +449,23 @@ mod tests {
             ),
             (
                 Event::Succeeded(JobSucceeded {
-                    instance: Some(instance),
+                    instance: Some(instance.clone()),
                 }),
                 Some("instance 0123456789ab ready (3.5s)"),
+            ),
+            (
+                Event::Succeeded(JobSucceeded {
+                    instance: Some(Instance {
+                        name: "dev".into(),
+                        from_pool: true,
+                        ..instance
+                    }),
+                }),
+                Some("instance 0123456789ab (dev) ready (3.5s, from the warm pool)"),
+            ),
+            (
+                Event::Succeeded(JobSucceeded { instance: None }),
+                Some("states built (3.5s)"),
             ),
             (Event::Failed(JobError::default()), None),
             (
@@ -440,7 +525,7 @@ mod tests {
 
     #[test]
     fn json_shapes() {
-        let failed = Unfinished::Failed {
+        let failed = NoInstance::Failed {
             job_id: "j1",
             error: (&JobError {
                 reason: "missing_file".into(),
@@ -461,18 +546,53 @@ mod tests {
                 }),
             ),
             (
-                serde_json::to_value(Unfinished::Detached { job_id: "j2" }).unwrap(),
+                serde_json::to_value(NoInstance::Detached { job_id: "j2" }).unwrap(),
                 serde_json::json!({"status": "detached", "job_id": "j2"}),
             ),
             (
-                serde_json::to_value(Prepared {
-                    job_id: "j".into(),
-                    instance_id: "i".into(),
-                    state_id: "s".into(),
-                    dsn: "postgres://u:p@127.0.0.1:5555/postgres".into(),
-                })
+                serde_json::to_value(NoInstance::Built { job_id: "j3" }).unwrap(),
+                serde_json::json!({"status": "built", "job_id": "j3"}),
+            ),
+            (
+                serde_json::to_value(Prepared::new(
+                    "j",
+                    &Instance {
+                        id: "i".into(),
+                        state_id: "s".into(),
+                        dsn: "postgres://u:p@127.0.0.1:5555/postgres".into(),
+                        connections: -1,
+                        ..Default::default()
+                    },
+                ))
                 .unwrap(),
-                serde_json::json!({"job_id": "j", "instance_id": "i", "state_id": "s", "dsn": "postgres://u:p@127.0.0.1:5555/postgres"}),
+                serde_json::json!({
+                    "job_id": "j", "instance_id": "i", "state_id": "s",
+                    "dsn": "postgres://u:p@127.0.0.1:5555/postgres", "name": null,
+                    "expires_at_ms": null, "connections": null, "from_pool": false,
+                    "started_at_ms": null,
+                }),
+            ),
+            (
+                serde_json::to_value(Prepared::new(
+                    "j",
+                    &Instance {
+                        id: "i".into(),
+                        state_id: "s".into(),
+                        dsn: "postgres://x".into(),
+                        name: "dev".into(),
+                        expires_at_ms: 7_200_000,
+                        connections: 2,
+                        from_pool: true,
+                        started_at_ms: 1_000,
+                        ..Default::default()
+                    },
+                ))
+                .unwrap(),
+                serde_json::json!({
+                    "job_id": "j", "instance_id": "i", "state_id": "s", "dsn": "postgres://x",
+                    "name": "dev", "expires_at_ms": 7_200_000, "connections": 2,
+                    "from_pool": true, "started_at_ms": 1000,
+                }),
             ),
         ];
         for (got, want) in cases {

@@ -1,4 +1,5 @@
-//! `sqlrs ls`: instances, states (as a tree), jobs and tasks, as tables or JSON.
+//! `sqlrs ls`: instances (named ones, warm ones), states (as a tree), jobs
+//! and tasks, as tables or JSON.
 
 use serde::Serialize;
 use sqlrs_proto::pb::{
@@ -10,7 +11,7 @@ use crate::cli::{Ctx, LsArgs};
 use crate::daemon;
 use crate::error::{exit, reply};
 use crate::job::ErrorItem;
-use crate::render::{self, SHORT_ID, TreeNode, short};
+use crate::render::{self, SHORT_ID, TreeNode, short, some_text, some_time};
 
 /// An instance in JSON output.
 #[derive(Debug, Serialize, PartialEq)]
@@ -28,6 +29,16 @@ pub struct InstanceItem {
     pub job_id: Option<String>,
     pub data_dir: String,
     pub created_at_ms: u64,
+    /// The stable name bound with `prepare --name`.
+    pub name: Option<String>,
+    /// When the instance expires; None: never.
+    pub expires_at_ms: Option<u64>,
+    /// Open client connections; None when unknown.
+    pub connections: Option<u32>,
+    /// Whether it came ready-started from the warm pool.
+    pub from_pool: bool,
+    /// When its server was started.
+    pub started_at_ms: Option<u64>,
 }
 
 /// A state in JSON output.
@@ -75,14 +86,6 @@ pub struct TaskItem {
     pub finished_at_ms: Option<u64>,
 }
 
-fn some_text(s: &str) -> Option<String> {
-    (!s.is_empty()).then(|| s.to_owned())
-}
-
-fn some_time(ms: u64) -> Option<u64> {
-    (ms != 0).then_some(ms)
-}
-
 impl From<&Instance> for InstanceItem {
     fn from(i: &Instance) -> Self {
         InstanceItem {
@@ -97,6 +100,11 @@ impl From<&Instance> for InstanceItem {
             job_id: some_text(&i.job_id),
             data_dir: i.data_dir.clone(),
             created_at_ms: i.created_at_ms,
+            name: some_text(&i.name),
+            expires_at_ms: some_time(i.expires_at_ms),
+            connections: u32::try_from(i.connections).ok(),
+            from_pool: i.from_pool,
+            started_at_ms: some_time(i.started_at_ms),
         }
     }
 }
@@ -160,18 +168,51 @@ fn runtime_cell(i: &Instance) -> String {
     }
 }
 
+/// The instance's name, `-` when it has none.
+fn name_cell(i: &Instance) -> String {
+    match i.name.as_str() {
+        "" => "-".into(),
+        name => name.to_owned(),
+    }
+}
+
+/// Open connections; `?` when the server could not be asked.
+fn connections_cell(i: &Instance) -> String {
+    u32::try_from(i.connections).map_or_else(|_| "?".into(), |n| n.to_string())
+}
+
 fn instances_table(instances: &[Instance], now: u64) -> String {
     render::table(
-        ["ID", "STATE", "RUNTIME", "DSN", "PORT", "STATUS", "CREATED"],
+        [
+            "ID", "NAME", "STATE", "RUNTIME", "DSN", "PORT", "STATUS", "CONN", "CREATED", "EXPIRES",
+        ],
         instances.iter().map(|i| {
             [
                 short(&i.id, SHORT_ID).to_owned(),
+                name_cell(i),
                 short(&i.state_id, SHORT_ID).to_owned(),
                 runtime_cell(i),
                 i.dsn.clone(),
                 i.port.to_string(),
                 i.status.clone(),
+                connections_cell(i),
                 render::ago(now, i.created_at_ms),
+                render::until(now, i.expires_at_ms),
+            ]
+        }),
+    )
+}
+
+/// `ls --names`: what each name stands for.
+fn names_table(instances: &[Instance]) -> String {
+    render::table(
+        ["NAME", "INSTANCE", "STATE", "DSN"],
+        instances.iter().map(|i| {
+            [
+                i.name.clone(),
+                short(&i.id, SHORT_ID).to_owned(),
+                short(&i.state_id, SHORT_ID).to_owned(),
+                i.dsn.clone(),
             ]
         }),
     )
@@ -259,11 +300,18 @@ pub async fn ls(ctx: Ctx, args: &LsArgs) -> anyhow::Result<u8> {
     let now = render::now_ms();
     let default = !(args.states || args.jobs || args.tasks.is_some());
     let mut sections = Vec::new();
-    if args.instances || default {
-        let list = reply(client.list_instances(ListInstancesRequest {}).await)?.instances;
-        sections.push(section::<_, InstanceItem>("instances", &list, |l| {
-            instances_table(l, now)
-        })?);
+    if args.instances || args.names || args.warm || default {
+        let request = ListInstancesRequest {
+            include_warm: args.warm,
+        };
+        let mut list = reply(client.list_instances(request).await)?.instances;
+        sections.push(if args.names {
+            list.retain(|i| !i.name.is_empty());
+            list.sort_by(|a, b| a.name.cmp(&b.name));
+            section::<_, InstanceItem>("names", &list, names_table)?
+        } else {
+            section::<_, InstanceItem>("instances", &list, |l| instances_table(l, now))?
+        });
     }
     if args.states {
         let list = reply(client.list_states(ListStatesRequest {}).await)?.states;
@@ -379,6 +427,11 @@ aaaaaaaaaaaa          base PostgreSQL 15     38.0 MiB  created 1h ago   used -
             job_id: "".into(),
             data_dir: "/s/instances/0123".into(),
             image: String::new(),
+            name: "dev".into(),
+            expires_at_ms: NOW - 3 * MIN + 2 * 60 * MIN,
+            connections: 2,
+            from_pool: true,
+            started_at_ms: NOW - 10 * MIN,
         };
         let docker = Instance {
             id: "abcdef0123456789".into(),
@@ -387,13 +440,39 @@ aaaaaaaaaaaa          base PostgreSQL 15     38.0 MiB  created 1h ago   used -
             dsn: "postgres://sqlrs:pw@127.0.0.1:5432/postgres".into(),
             port: 5432,
             pid: 0,
+            name: String::new(),
+            expires_at_ms: 0,
+            connections: -1,
             ..instance.clone()
         };
+        let warm = Instance {
+            id: "5555555555555555".into(),
+            dsn: "postgres://sqlrs:pw@127.0.0.1:54400/postgres".into(),
+            port: 54400,
+            status: "warm".into(),
+            name: String::new(),
+            expires_at_ms: NOW - MIN,
+            connections: 0,
+            ..instance.clone()
+        };
+        let ci = Instance {
+            id: "9999999999999999".into(),
+            state_id: "0000000000000000".into(),
+            name: "ci".into(),
+            ..docker.clone()
+        };
         assert_eq!(
-            instances_table(&[instance, docker], NOW),
-            "ID            STATE         RUNTIME             DSN                                           PORT   STATUS   CREATED\n\
-             0123456789ab  fedcba987654  native              postgres://sqlrs:pw@127.0.0.1:54321/postgres  54321  running  3m ago\n\
-             abcdef012345  fedcba987654  docker:postgres:17  postgres://sqlrs:pw@127.0.0.1:5432/postgres   5432   running  3m ago"
+            instances_table(&[instance.clone(), docker, warm], NOW),
+            "ID            NAME  STATE         RUNTIME             DSN                                           PORT   STATUS   CONN  CREATED  EXPIRES\n\
+             0123456789ab  dev   fedcba987654  native              postgres://sqlrs:pw@127.0.0.1:54321/postgres  54321  running  2     3m ago   in 1h 57m\n\
+             abcdef012345  -     fedcba987654  docker:postgres:17  postgres://sqlrs:pw@127.0.0.1:5432/postgres   5432   running  ?     3m ago   -\n\
+             555555555555  -     fedcba987654  native              postgres://sqlrs:pw@127.0.0.1:54400/postgres  54400  warm     0     3m ago   expired"
+        );
+        assert_eq!(
+            names_table(&[instance, ci]),
+            "NAME  INSTANCE      STATE         DSN\n\
+             dev   0123456789ab  fedcba987654  postgres://sqlrs:pw@127.0.0.1:54321/postgres\n\
+             ci    999999999999  000000000000  postgres://sqlrs:pw@127.0.0.1:5432/postgres"
         );
         let job = |id: &str, status: &str, finished: u64| Job {
             id: id.into(),
@@ -484,12 +563,18 @@ aaaaaaaaaaaa          base PostgreSQL 15     38.0 MiB  created 1h ago   used -
                     job_id: "j".into(),
                     data_dir: "/d".into(),
                     image: String::new(),
+                    name: "dev".into(),
+                    expires_at_ms: 9,
+                    connections: 3,
+                    from_pool: true,
+                    started_at_ms: 6,
                 }))
                 .unwrap(),
                 serde_json::json!({
                     "id": "i", "state_id": "s", "dsn": "postgres://x", "port": 5, "status": "running",
                     "runtime": "native", "image": null, "pid": null, "job_id": "j", "data_dir": "/d",
-                    "created_at_ms": 7,
+                    "created_at_ms": 7, "name": "dev", "expires_at_ms": 9, "connections": 3,
+                    "from_pool": true, "started_at_ms": 6,
                 }),
             ),
             (
@@ -498,13 +583,15 @@ aaaaaaaaaaaa          base PostgreSQL 15     38.0 MiB  created 1h ago   used -
                     runtime: "docker".into(),
                     image: "sqlrs/postgres:15".into(),
                     pid: 12,
+                    connections: -1,
                     ..Default::default()
                 }))
                 .unwrap(),
                 serde_json::json!({
                     "id": "i", "state_id": "", "dsn": "", "port": 0, "status": "",
                     "runtime": "docker", "image": "sqlrs/postgres:15", "pid": 12, "job_id": null,
-                    "data_dir": "", "created_at_ms": 0,
+                    "data_dir": "", "created_at_ms": 0, "name": null, "expires_at_ms": null,
+                    "connections": null, "from_pool": false, "started_at_ms": null,
                 }),
             ),
             (

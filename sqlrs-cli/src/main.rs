@@ -9,6 +9,7 @@ mod init;
 mod job;
 mod ls;
 mod prepare;
+mod project;
 mod render;
 mod rm;
 mod run;
@@ -18,7 +19,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use crate::cli::{Cli, Command, Ctx, DaemonAction, EngineArgs, Output};
+use crate::cli::{Cli, Command, Ctx, DaemonAction, EngineArgs, InstanceArgs, Output, WatchArgs};
 use crate::error::{CliError, exit};
 use crate::prepare::{Source, Spec};
 use crate::run::Target;
@@ -81,21 +82,52 @@ fn usage(message: impl Into<String>) -> anyhow::Error {
     CliError::Usage(message.into()).into()
 }
 
-fn spec(source: Source, engine: EngineArgs) -> Spec {
+fn spec(source: Source, engine: EngineArgs, instance: InstanceArgs) -> Spec {
     Spec {
         source,
         image: engine.image,
+        instance,
     }
+}
+
+/// A plan hands out no instance: nothing to name or expire.
+fn plan_spec(source: Source, engine: EngineArgs) -> Spec {
+    spec(source, engine, InstanceArgs::default())
+}
+
+/// The composite removes its instance when the run ends: a name has nothing to hold on to.
+fn composite_spec(spec: Spec) -> anyhow::Result<Spec> {
+    if spec.instance.name.is_some() {
+        return Err(usage(
+            "--name (and --keep) have no place in `prepare … run …`: the composite removes its \
+             instance when the run ends, so a name would outlive nothing; prepare with --name on \
+             its own, then run against that instance with `--instance ID` (see `sqlrs ls --names`)",
+        ));
+    }
+    Ok(spec)
 }
 
 async fn dispatch(ctx: Ctx, command: Command, then: Option<Command>) -> anyhow::Result<u8> {
     if let Some(then) = then {
         let spec = match command {
-            Command::PreparePsql { engine, args } => spec(Source::Psql(args), engine),
-            Command::PrepareLb { engine, args } => spec(Source::Lb(args), engine),
-            Command::Prepare { name, engine } => spec(Source::Alias(name), engine),
+            Command::PreparePsql {
+                engine,
+                instance,
+                args,
+            } => spec(Source::Psql(args), engine, instance),
+            Command::PrepareLb {
+                engine,
+                instance,
+                args,
+            } => spec(Source::Lb(args), engine, instance),
+            Command::Prepare {
+                name,
+                engine,
+                instance,
+            } => spec(Source::Alias(name), engine, instance),
             _ => return Err(usage("only prepare can be followed by run")),
         };
+        let spec = composite_spec(spec)?;
         let target = match then {
             Command::RunPsql {
                 instance: None,
@@ -128,23 +160,29 @@ async fn dispatch(ctx: Ctx, command: Command, then: Option<Command>) -> anyhow::
         )
     };
     match command {
-        Command::PreparePsql { engine, args } => {
-            prepare::prepare(ctx, &spec(Source::Psql(args), engine)).await
-        }
-        Command::PrepareLb { engine, args } => {
-            prepare::prepare(ctx, &spec(Source::Lb(args), engine)).await
-        }
-        Command::Prepare { name, engine } => {
-            prepare::prepare(ctx, &spec(Source::Alias(name), engine)).await
-        }
+        Command::PreparePsql {
+            engine,
+            instance,
+            args,
+        } => prepare::prepare(ctx, &spec(Source::Psql(args), engine, instance)).await,
+        Command::PrepareLb {
+            engine,
+            instance,
+            args,
+        } => prepare::prepare(ctx, &spec(Source::Lb(args), engine, instance)).await,
+        Command::Prepare {
+            name,
+            engine,
+            instance,
+        } => prepare::prepare(ctx, &spec(Source::Alias(name), engine, instance)).await,
         Command::PlanPsql { engine, args } => {
-            prepare::plan(ctx, &spec(Source::Psql(args), engine)).await
+            prepare::plan(ctx, &plan_spec(Source::Psql(args), engine)).await
         }
         Command::PlanLb { engine, args } => {
-            prepare::plan(ctx, &spec(Source::Lb(args), engine)).await
+            prepare::plan(ctx, &plan_spec(Source::Lb(args), engine)).await
         }
         Command::Plan { name, engine } => {
-            prepare::plan(ctx, &spec(Source::Alias(name), engine)).await
+            prepare::plan(ctx, &plan_spec(Source::Alias(name), engine)).await
         }
         Command::RunPsql { instance, args } => {
             run::run(&Target::Psql(args), &instance.ok_or_else(need_instance)?).await
@@ -155,7 +193,12 @@ async fn dispatch(ctx: Ctx, command: Command, then: Option<Command>) -> anyhow::
         Command::Run { name, instance } => {
             run::run(&Target::Alias(name), &instance.ok_or_else(need_instance)?).await
         }
-        Command::Watch { job } => prepare::watch(ctx, &job).await,
+        Command::Watch(WatchArgs { job: Some(job), .. }) => prepare::watch(ctx, &job).await,
+        Command::Watch(WatchArgs {
+            job: None,
+            stop,
+            follow,
+        }) => project::watch(ctx, stop, follow).await,
         Command::Ls(args) => ls::ls(ctx, &args).await,
         Command::Rm(args) => rm::rm(ctx, &args).await,
         Command::Status => status::status(ctx).await,
@@ -169,5 +212,48 @@ async fn dispatch(ctx: Ctx, command: Command, then: Option<Command>) -> anyhow::
             action: DaemonAction::Status,
         } => daemon::status(ctx).await,
         Command::Init => init::init(ctx),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn composite_refuses_names() {
+        // (--name, --keep, --ttl) and whether a composite accepts them.
+        let cases = [
+            ((None, false, None), true),
+            ((None, false, Some(Duration::from_secs(60))), true),
+            ((Some("dev"), false, None), false),
+            ((Some("dev"), true, Some(Duration::from_secs(60))), false),
+        ];
+        for ((name, keep, ttl), accepted) in cases {
+            let instance = InstanceArgs {
+                name: name.map(String::from),
+                keep,
+                ttl,
+            };
+            let source = Source::Alias("db".into());
+            let got = composite_spec(spec(source, EngineArgs::default(), instance.clone()));
+            match got {
+                Ok(spec) => {
+                    assert!(accepted, "{instance:?}");
+                    assert_eq!(spec.instance, instance);
+                }
+                Err(e) => {
+                    assert!(!accepted, "{instance:?}: {e}");
+                    let error = e.downcast_ref::<CliError>().expect("a CliError");
+                    assert_eq!(error.exit_code(), exit::USAGE);
+                    assert!(
+                        error
+                            .to_string()
+                            .contains("the composite removes its instance"),
+                        "{error}"
+                    );
+                }
+            }
+        }
     }
 }

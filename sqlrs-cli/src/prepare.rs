@@ -11,7 +11,7 @@ use sqlrs_proto::client::Client;
 use sqlrs_proto::pb::{JobRef, PlanReply, PrepareRequest};
 
 use crate::argv::reads_stdin;
-use crate::cli::Ctx;
+use crate::cli::{Ctx, InstanceArgs};
 use crate::daemon;
 use crate::error::{CliError, exit, reply};
 use crate::job::{self, OnInterrupt, Outcome};
@@ -35,6 +35,8 @@ pub struct Spec {
     /// Docker image of the engine (`--image`); None: the alias file's
     /// `image:`, else the configured runtime.
     pub image: Option<String>,
+    /// The instance's name and time to live (none for a plan).
+    pub instance: InstanceArgs,
 }
 
 /// The request for `spec`, run from `cwd`; reads stdin when a script comes from it.
@@ -80,6 +82,12 @@ fn request(spec: &Spec, cwd: &Path) -> anyhow::Result<PrepareRequest> {
             .map(|p| p.to_string_lossy().into_owned())
             .unwrap_or_default(),
         image,
+        name: spec.instance.name.clone().unwrap_or_default(),
+        keep: spec.instance.keep,
+        ttl_ms: spec
+            .instance
+            .ttl
+            .map_or(0, |ttl| u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX)),
     })
 }
 
@@ -91,7 +99,13 @@ fn current_dir() -> anyhow::Result<PathBuf> {
 pub async fn start(client: &mut Client, ctx: Ctx, spec: &Spec) -> anyhow::Result<Outcome> {
     let request = request(spec, &current_dir()?)?;
     let stream = reply(client.prepare(request).await)?;
-    job::follow(client, stream, ctx, OnInterrupt::Ask).await
+    match job::follow(client, stream, ctx, OnInterrupt::Ask).await? {
+        Outcome::Built { job_id } => anyhow::bail!(
+            "sqlrsd reported prepare job {job_id} done without an instance; \
+             `sqlrs ls --jobs` shows the job, `sqlrs ls` the instances"
+        ),
+        outcome => Ok(outcome),
+    }
 }
 
 pub async fn prepare(ctx: Ctx, spec: &Spec) -> anyhow::Result<u8> {
@@ -245,6 +259,7 @@ mod tests {
         let spec = |source, image: Option<&str>| Spec {
             source,
             image: image.map(String::from),
+            instance: InstanceArgs::default(),
         };
         let psql = request(
             &spec(Source::Psql(vec!["-f".into(), "a.sql".into()]), None),
@@ -300,5 +315,46 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("none.prep.s9s.yaml"), "{err}");
+    }
+
+    #[test]
+    fn instance_fields() {
+        use std::time::Duration;
+        let tmp = tempfile::tempdir().unwrap();
+        // (--name, --keep, --ttl) and what the request carries.
+        let cases = [
+            ((None, false, None), ("", false, 0)),
+            ((Some("dev"), false, None), ("dev", false, 0)),
+            ((Some("dev"), true, None), ("dev", true, 0)),
+            (
+                (None, false, Some(Duration::from_secs(90))),
+                ("", false, 90_000),
+            ),
+            (
+                (Some("ci"), false, Some(Duration::from_millis(1))),
+                ("ci", false, 1),
+            ),
+            (
+                (None, false, Some(Duration::from_secs(u64::MAX))),
+                ("", false, u64::MAX),
+            ),
+        ];
+        for ((name, keep, ttl), want) in cases {
+            let spec = Spec {
+                source: Source::Psql(vec!["-c".into(), "select 1".into()]),
+                image: None,
+                instance: InstanceArgs {
+                    name: name.map(String::from),
+                    keep,
+                    ttl,
+                },
+            };
+            let got = request(&spec, tmp.path()).unwrap();
+            assert_eq!(
+                (got.name.as_str(), got.keep, got.ttl_ms),
+                want,
+                "{name:?} {keep} {ttl:?}"
+            );
+        }
     }
 }

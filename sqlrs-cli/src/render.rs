@@ -1,5 +1,6 @@
 //! How results look on a terminal: short ids, relative times, durations,
-//! sizes, tables, the state tree, and JSON on stdout.
+//! sizes, tables, the state tree, and JSON on stdout (where the protocol's
+//! empty strings and zero times become nulls).
 
 use std::collections::HashMap;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -35,6 +36,34 @@ pub fn ago(now_ms: u64, then_ms: u64) -> String {
         3600..172_800 => format!("{}h ago", secs / 3600),
         _ => format!("{}d ago", secs / 86_400),
     }
+}
+
+/// "in 45s", "in 12m", "in 1h 59m", "in 2d 3h" until a moment after
+/// `now_ms` (rounded down); "expired" once it passed; "-" when never (0).
+pub fn until(now_ms: u64, then_ms: u64) -> String {
+    if then_ms == 0 {
+        return "-".into();
+    }
+    if then_ms <= now_ms {
+        return "expired".into();
+    }
+    let secs = (then_ms - now_ms) / 1000;
+    match secs {
+        0..60 => format!("in {secs}s"),
+        60..3600 => format!("in {}m", secs / 60),
+        3600..172_800 => format!("in {}h {}m", secs / 3600, secs % 3600 / 60),
+        _ => format!("in {}d {}h", secs / 86_400, secs % 86_400 / 3600),
+    }
+}
+
+/// A protocol string for JSON: None when empty.
+pub fn some_text(s: &str) -> Option<String> {
+    (!s.is_empty()).then(|| s.to_owned())
+}
+
+/// A protocol timestamp for JSON: None when unset (0).
+pub fn some_time(ms: u64) -> Option<u64> {
+    (ms != 0).then_some(ms)
 }
 
 /// "0.4s", "1.2s", "2m05s", "1h02m".
@@ -178,6 +207,27 @@ mod tests {
         ];
         for (then, want) in cases {
             assert_eq!(ago(now, then), want, "{then}");
+        }
+    }
+
+    #[test]
+    fn times_to_come() {
+        let now = 1_000_000_000_000;
+        let cases = [
+            (0, "-"),
+            (now, "expired"),
+            (now - 5_000, "expired"),
+            (now + 999, "in 0s"),
+            (now + 45_000, "in 45s"),
+            (now + 60_000, "in 1m"),
+            (now + 12 * 60_000 + 59_000, "in 12m"),
+            (now + 2 * 3_600_000 - 1, "in 1h 59m"),
+            (now + 2 * 3_600_000, "in 2h 0m"),
+            (now + 47 * 3_600_000 + 5 * 60_000, "in 47h 5m"),
+            (now + 51 * 3_600_000, "in 2d 3h"),
+        ];
+        for (then, want) in cases {
+            assert_eq!(until(now, then), want, "{then}");
         }
     }
 

@@ -1,12 +1,123 @@
-//! `sqlrs status`: the daemon, its runtime, snapshotter and store.
+//! `sqlrs status`: the daemon, its runtime, snapshotter and store, the warm
+//! pool and the watched workspaces.
 
 use serde::Serialize;
-use sqlrs_proto::pb::{StatusReply, StatusRequest};
+use sqlrs_proto::pb::{PoolStatus, StatusReply, StatusRequest};
 
 use crate::cli::Ctx;
 use crate::daemon::{self, DaemonInfo};
 use crate::error::{exit, reply};
+use crate::project::{self, ProjectView};
 use crate::render;
+
+/// The warm pool for JSON output.
+#[derive(Debug, Serialize, PartialEq)]
+struct PoolView {
+    warm_instances: u32,
+    /// Instances being started for the pool right now.
+    starting: u32,
+    memory_bytes: u64,
+    /// 0: no budget.
+    memory_budget_bytes: u64,
+    /// Warm instances kept per hot state.
+    per_state: u32,
+    /// Prepares served from the pool, and cache hits that had to start a server.
+    hits: u64,
+    misses: u64,
+    hot_states: u32,
+}
+
+impl From<&PoolStatus> for PoolView {
+    fn from(p: &PoolStatus) -> Self {
+        PoolView {
+            warm_instances: p.warm_instances,
+            starting: p.starting,
+            memory_bytes: p.memory_bytes,
+            memory_budget_bytes: p.memory_budget_bytes,
+            per_state: p.per_state,
+            hits: p.hits,
+            misses: p.misses,
+            hot_states: p.hot_states,
+        }
+    }
+}
+
+/// `1 hit`, `2 hits`.
+fn count(n: impl Into<u64>, one: &str, many: &str) -> String {
+    let n = n.into();
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
+/// `key  value` rows with the keys aligned, each line after `indent`.
+fn rows(rows: &[(&str, String)], indent: &str) -> String {
+    let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+    rows.iter()
+        .map(|(k, v)| format!("{indent}{k:width$}  {v}").trim_end().to_owned())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+impl PoolView {
+    fn text(&self) -> String {
+        let memory = match self.memory_budget_bytes {
+            0 => format!("{} (no budget)", render::size(self.memory_bytes)),
+            budget => format!(
+                "{} of {} budget",
+                render::size(self.memory_bytes),
+                render::size(budget)
+            ),
+        };
+        rows(
+            &[
+                (
+                    "instances",
+                    format!("{} warm, {} starting", self.warm_instances, self.starting),
+                ),
+                (
+                    "hot states",
+                    format!(
+                        "{} ({} each)",
+                        self.hot_states,
+                        count(self.per_state, "warm instance", "warm instances")
+                    ),
+                ),
+                ("memory", memory),
+                (
+                    "hand-outs",
+                    format!(
+                        "{}, {}",
+                        count(self.hits, "hit", "hits"),
+                        count(self.misses, "miss", "misses")
+                    ),
+                ),
+            ],
+            "  ",
+        )
+    }
+}
+
+/// The watched workspaces, each with its aliases.
+fn projects_text(projects: &[ProjectView]) -> String {
+    if projects.is_empty() {
+        return "  none: `sqlrs watch` in a workspace adds it".into();
+    }
+    projects
+        .iter()
+        .map(|p| {
+            let aliases = project::aliases_table(&p.aliases)
+                .lines()
+                .map(|l| format!("    {l}"))
+                .collect::<Vec<_>>()
+                .join("\n");
+            format!(
+                "  {} (prebuild {})\n{aliases}",
+                p.root,
+                project::on_off(p.prebuild)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
 
 /// The status for JSON output.
 #[derive(Debug, Serialize, PartialEq)]
@@ -27,6 +138,10 @@ struct StatusView {
     liquibase: Option<String>,
     /// Why no Liquibase is usable, and how to install one.
     liquibase_error: Option<String>,
+    /// The warm pool; None from a daemon that has none.
+    pool: Option<PoolView>,
+    /// The workspaces sqlrsd watches.
+    projects: Vec<ProjectView>,
 }
 
 impl StatusView {
@@ -46,6 +161,8 @@ impl StatusView {
             job_count: s.job_count,
             liquibase: Some(s.liquibase.clone()).filter(|v| !v.is_empty()),
             liquibase_error: Some(s.liquibase_error.clone()).filter(|v| !v.is_empty()),
+            pool: s.pool.as_ref().map(PoolView::from),
+            projects: s.projects.iter().map(ProjectView::from).collect(),
         }
     }
 
@@ -92,11 +209,14 @@ impl StatusView {
                 (None, None) => "unknown".into(),
             },
         ));
-        let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
-        rows.iter()
-            .map(|(k, v)| format!("{k:width$}  {v}"))
-            .collect::<Vec<_>>()
-            .join("\n")
+        let mut text = self::rows(&rows, "");
+        if let Some(pool) = &self.pool {
+            text.push_str("\n\npool\n");
+            text.push_str(&pool.text());
+        }
+        text.push_str("\n\nwatched projects\n");
+        text.push_str(&projects_text(&self.projects));
+        text
     }
 }
 
@@ -124,7 +244,7 @@ pub async fn status(ctx: Ctx) -> anyhow::Result<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sqlrs_proto::pb::HealthReply;
+    use sqlrs_proto::pb::{AliasStatus, HealthReply, ProjectStatus};
 
     #[test]
     fn rendering() {
@@ -150,6 +270,31 @@ mod tests {
             runtime_reason: "native: runtime.kind = native in the config".into(),
             liquibase: String::new(),
             liquibase_error: "Liquibase was not found (none on PATH); install it".into(),
+            pool: Some(PoolStatus {
+                warm_instances: 2,
+                starting: 1,
+                memory_bytes: 48 << 20,
+                memory_budget_bytes: 512 << 20,
+                per_state: 1,
+                hits: 12,
+                misses: 1,
+                hot_states: 3,
+            }),
+            projects: vec![ProjectStatus {
+                root: "/home/me/shop".into(),
+                prebuild: true,
+                aliases: vec![AliasStatus {
+                    name: "db".into(),
+                    path: "/home/me/shop/db.prep.s9s.yaml".into(),
+                    status: "building".into(),
+                    head_state_id: "0123456789abcdef".into(),
+                    step: 2,
+                    total: 4,
+                    ..Default::default()
+                }],
+                updated_at_ms: 9,
+                watched: true,
+            }],
         };
         let view = StatusView::new(&reply, 125_000);
         assert_eq!(
@@ -162,14 +307,56 @@ mod tests {
              snapshotter  copy (ext4 has no reflinks or subvolumes)\n\
              store        /var/lib/sqlrs (3.0 GiB)\n\
              contents     4 states, 1 instance, 9 jobs\n\
-             liquibase    not usable: Liquibase was not found (none on PATH); install it"
+             liquibase    not usable: Liquibase was not found (none on PATH); install it\n\
+             \n\
+             pool\n  \
+               instances   2 warm, 1 starting\n  \
+               hot states  3 (1 warm instance each)\n  \
+               memory      48.0 MiB of 512.0 MiB budget\n  \
+               hand-outs   12 hits, 1 miss\n\
+             \n\
+             watched projects\n  \
+               /home/me/shop (prebuild on)\n    \
+                 ALIAS  STATUS    HEAD          DETAIL\n    \
+                 db     building  0123456789ab  step 2/4"
         );
+        // No pool (an older daemon) and nothing watched; no budget.
+        let bare = StatusReply {
+            pool: None,
+            projects: Vec::new(),
+            ..reply.clone()
+        };
+        assert!(
+            StatusView::new(&bare, 125_000).text().ends_with(
+                "install it\n\nwatched projects\n  none: `sqlrs watch` in a workspace adds it"
+            ),
+            "{}",
+            StatusView::new(&bare, 125_000).text()
+        );
+        let unbounded = StatusReply {
+            pool: Some(PoolStatus {
+                memory_budget_bytes: 0,
+                per_state: 2,
+                hits: 1,
+                misses: 0,
+                ..reply.pool.unwrap()
+            }),
+            ..reply.clone()
+        };
+        let text = StatusView::new(&unbounded, 125_000).text();
+        for want in [
+            "\n  hot states  3 (2 warm instances each)\n",
+            "\n  memory      48.0 MiB (no budget)\n",
+            "\n  hand-outs   1 hit, 0 misses\n",
+        ] {
+            assert!(text.contains(want), "{want:?} in\n{text}");
+        }
         let mut found = StatusView::new(&reply, 125_000);
         found.liquibase = Some("Liquibase 4.28.0 on Java 17.0.15 (/opt/lb/liquibase)".into());
         assert!(
             found
                 .text()
-                .ends_with("\nliquibase    Liquibase 4.28.0 on Java 17.0.15 (/opt/lb/liquibase)"),
+                .contains("\nliquibase    Liquibase 4.28.0 on Java 17.0.15 (/opt/lb/liquibase)\n"),
             "{}",
             found.text()
         );
@@ -214,6 +401,24 @@ mod tests {
             json["liquibase_error"],
             "Liquibase was not found (none on PATH); install it"
         );
-        assert_eq!(json.as_object().unwrap().len(), 14);
+        assert_eq!(
+            json["pool"],
+            serde_json::json!({
+                "warm_instances": 2, "starting": 1, "memory_bytes": 48 << 20,
+                "memory_budget_bytes": 512 << 20, "per_state": 1, "hits": 12, "misses": 1,
+                "hot_states": 3,
+            })
+        );
+        assert_eq!(json["projects"][0]["root"], "/home/me/shop");
+        assert_eq!(json["projects"][0]["prebuild"], true);
+        assert_eq!(json["projects"][0]["aliases"][0]["status"], "building");
+        assert_eq!(json["projects"][0]["aliases"][0]["step"], 2);
+        // The 14 fields before the warm pool, plus `pool` and `projects`.
+        assert_eq!(json.as_object().unwrap().len(), 16);
+        let bare = serde_json::to_value(StatusView::new(&bare, 125_000)).unwrap();
+        assert_eq!(
+            (&bare["pool"], &bare["projects"]),
+            (&serde_json::Value::Null, &serde_json::json!([]))
+        );
     }
 }
