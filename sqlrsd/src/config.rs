@@ -13,6 +13,9 @@ pub struct Config {
     pub dbms: DbmsConfig,
     pub jobs: JobsConfig,
     pub liquibase: LiquibaseConfig,
+    pub pool: PoolConfig,
+    pub instances: InstancesConfig,
+    pub builds: BuildsConfig,
 }
 
 impl Config {
@@ -123,6 +126,66 @@ impl Default for JobsConfig {
     }
 }
 
+/// A duration written the human way (`90s`, `10m`, `2h`, `1h 30m`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HumanDuration(pub std::time::Duration);
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text)
+            .map(HumanDuration)
+            .map_err(|e| {
+                serde::de::Error::custom(format!(
+                    "{text:?} is not a duration ({e}); write e.g. 90s, 10m or 2h"
+                ))
+            })
+    }
+}
+
+/// The warm pool: pre-started instances of hot states.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PoolConfig {
+    /// Warm instances kept per hot state; 0 turns the pool off.
+    pub per_state: u32,
+    /// Memory the warm instances' servers may use together, in MiB.
+    pub memory_budget_mib: u64,
+    /// A state not handed out for this long is no longer hot (the head of a
+    /// watched alias stays hot while it is watched).
+    pub idle: HumanDuration,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        Self {
+            per_state: 1,
+            memory_budget_mib: 1024,
+            idle: HumanDuration(std::time::Duration::from_secs(600)),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct InstancesConfig {
+    /// Time to live of instances whose prepare names none; absent: forever.
+    pub ttl: Option<HumanDuration>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BuildsConfig {
+    /// Builds that run at once; more wait (interactive prepares first).
+    pub max_concurrent: usize,
+}
+
+impl Default for BuildsConfig {
+    fn default() -> Self {
+        Self { max_concurrent: 2 }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read {}: {source}", path.display())]
@@ -199,6 +262,10 @@ mod tests {
             ("snapshot: [\n", Err("")),
             ("liquibase:\n  exec: /opt/liquibase/liquibase\n", Ok("auto")),
             ("liquibase:\n  path: /opt/lb\n", Err("unknown field `path`")),
+            ("pool:\n  per_state: 2\n  idle: 5m\n", Ok("auto")),
+            ("pool:\n  idle: soon\n", Err("write e.g. 90s")),
+            ("instances:\n  ttl: 2h\n", Ok("auto")),
+            ("builds:\n  max_concurrent: 4\n", Ok("auto")),
         ];
         for (text, want) in cases {
             match (Config::parse(text), want) {

@@ -1,6 +1,7 @@
 //! The daemon's lifecycle: one sqlrsd per store (an exclusive lock), a fresh
-//! token, the engine put together from config, reconciliation, then gRPC on
-//! the local socket until Shutdown or a signal.
+//! token, the engine put together from config, reconciliation, the upkeep
+//! task and the watched workspaces, then gRPC on the local socket until
+//! Shutdown or a signal.
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
@@ -15,10 +16,12 @@ use tokio::sync::watch;
 
 use crate::blobs::BlobStore;
 use crate::config::Config;
-use crate::engine::Engine;
+use crate::engine::{Engine, EngineSettings};
 use crate::index::Index;
 use crate::jobs::Jobs;
 use crate::model::{now_ms, random_id};
+use crate::pool::PoolSettings;
+use crate::projects::Projects;
 use crate::runtime::NativeConfig;
 use crate::runtimes::{RuntimeSettings, Runtimes};
 use crate::service::{DaemonInfo, Service};
@@ -106,9 +109,24 @@ pub async fn run(loc: Locations) -> Result<(), DaemonError> {
         blobs,
         runtimes,
         detected,
-        config.liquibase.exec.clone(),
+        EngineSettings {
+            pool: PoolSettings {
+                per_state: config.pool.per_state,
+                memory_budget_bytes: config.pool.memory_budget_mib << 20,
+                idle: config.pool.idle.0,
+            },
+            max_builds: config.builds.max_concurrent,
+            default_ttl: config.instances.ttl.map(|t| t.0),
+            liquibase_exec: config.liquibase.exec.clone(),
+        },
     ));
     engine.reconcile().await?;
+    let upkeep = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(engine.clone().upkeep(upkeep.clone()));
+    let projects = Projects::new(engine.clone());
+    if let Err(e) = projects.restore().await {
+        tracing::warn!("cannot watch the registered workspaces again: {e}");
+    }
     // Ask an installed Liquibase its version now (a JVM start), so neither
     // `sqlrs status` nor the first prepare:lb waits for it.
     {
@@ -125,6 +143,7 @@ pub async fn run(loc: Locations) -> Result<(), DaemonError> {
     let (shutdown_tx, mut shutdown_rx) = watch::channel(false);
     let service = Service::new(
         engine.clone(),
+        projects.clone(),
         DaemonInfo {
             socket_path: socket.display().to_string(),
             state_dir: loc.state_dir.display().to_string(),
@@ -156,13 +175,16 @@ pub async fn run(loc: Locations) -> Result<(), DaemonError> {
         )
         .serve_with_incoming_shutdown(transport::incoming(listener), stop)
         .await?;
+    upkeep.cancel();
     stop_jobs(&engine).await;
+    engine.drain_pool().await;
     let _ = std::fs::remove_file(&socket);
     Ok(())
 }
 
 /// Cancels running jobs and gives them a moment to clean up their builds.
-/// Instances keep running: they are re-adopted at the next start.
+/// Instances keep running: they are re-adopted at the next start (warm
+/// instances of the pool are stopped after this).
 async fn stop_jobs(engine: &Engine) {
     for id in engine.jobs.live_ids() {
         engine.jobs.cancel(&id);

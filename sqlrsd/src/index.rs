@@ -1,5 +1,6 @@
-//! The state index on redb: states, instances, jobs (with their tasks) and a
-//! bounded per-job event log. One write transaction per change.
+//! The state index on redb: states, instances, jobs (with their tasks), a
+//! bounded per-job event log, stored tool plans and watched workspaces. One
+//! write transaction per change.
 //!
 //! States and instances are committed durably (fsync) before a call returns.
 //! Job records, events and use statistics are committed without a sync: they
@@ -14,7 +15,7 @@ use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinitio
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::model::{InstanceRecord, JobEvent, JobRecord, StateRecord};
+use crate::model::{InstanceRecord, JobEvent, JobRecord, ProjectRecord, StateRecord};
 
 const STATES: TableDefinition<&str, &[u8]> = TableDefinition::new("states");
 const INSTANCES: TableDefinition<&str, &[u8]> = TableDefinition::new("instances");
@@ -23,6 +24,8 @@ const EVENTS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("events
 /// Tool plans worth keeping between requests (Liquibase's changeset lists),
 /// keyed by the digest of everything they were made from.
 const PLANS: TableDefinition<&str, &[u8]> = TableDefinition::new("plans");
+/// Watched workspaces, keyed by their root.
+const PROJECTS: TableDefinition<&str, &[u8]> = TableDefinition::new("projects");
 
 #[derive(Debug, thiserror::Error)]
 pub enum IndexError {
@@ -60,6 +63,7 @@ impl Index {
             tx.open_table(JOBS).map_err(|e| fail(e.into()))?;
             tx.open_table(EVENTS).map_err(|e| fail(e.into()))?;
             tx.open_table(PLANS).map_err(|e| fail(e.into()))?;
+            tx.open_table(PROJECTS).map_err(|e| fail(e.into()))?;
         }
         tx.commit().map_err(|e| fail(e.into()))?;
         Ok(Self {
@@ -155,6 +159,16 @@ impl Index {
     }
     pub fn delete_plan(&self, key: &str) -> Result<(), IndexError> {
         self.delete(PLANS, key)
+    }
+
+    pub fn put_project(&self, p: &ProjectRecord) -> Result<(), IndexError> {
+        self.put(PROJECTS, &p.root, p)
+    }
+    pub fn projects(&self) -> Result<Vec<ProjectRecord>, IndexError> {
+        self.list(PROJECTS)
+    }
+    pub fn delete_project(&self, root: &str) -> Result<(), IndexError> {
+        self.delete(PROJECTS, root)
     }
 
     pub fn put_state(&self, s: &StateRecord) -> Result<(), IndexError> {

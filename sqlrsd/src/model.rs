@@ -41,6 +41,8 @@ pub struct StateRecord {
 pub enum InstanceStatus {
     /// A build server owned by a running job; not handed out yet.
     Building,
+    /// A pre-started server in the warm pool, not handed out yet.
+    Warm,
     Running,
     Stopped,
 }
@@ -49,6 +51,7 @@ impl InstanceStatus {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Building => "building",
+            Self::Warm => "warm",
             Self::Running => "running",
             Self::Stopped => "stopped",
         }
@@ -71,6 +74,26 @@ pub struct InstanceRecord {
     /// Docker image, empty for native.
     #[serde(default)]
     pub image: String,
+    /// Stable name bound by `prepare --name`.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// When the instance expires; 0: never.
+    #[serde(default)]
+    pub expires_at_ms: u64,
+    /// Handed out from the warm pool.
+    #[serde(default)]
+    pub from_pool: bool,
+    /// When its current server was started; 0: not started.
+    #[serde(default)]
+    pub started_at_ms: u64,
+}
+
+/// A workspace sqlrsd watches.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ProjectRecord {
+    /// The folder holding `.sqlrs/`.
+    pub root: String,
+    pub registered_at_ms: u64,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -187,7 +210,8 @@ pub enum EventKind {
     Planned(PlanView),
     Step(StepProgress),
     Log(String),
-    Succeeded(InstanceRecord),
+    /// The instance handed out; None for a prebuild, which hands out none.
+    Succeeded(Option<InstanceRecord>),
     Failed(JobFailure),
     Cancelled,
 }
@@ -205,4 +229,48 @@ pub struct JobEvent {
     pub seq: u64,
     pub at_ms: u64,
     pub kind: EventKind,
+}
+
+/// What a watched workspace looks like now: every alias with its cache
+/// status and the status of each file its chain reads.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ProjectView {
+    pub root: String,
+    /// Whether changed chains are rebuilt in the background.
+    pub prebuild: bool,
+    pub aliases: Vec<AliasView>,
+    pub updated_at_ms: u64,
+    /// False once the workspace is no longer watched.
+    pub watched: bool,
+}
+
+/// One `NAME.prep.s9s.yaml` of a watched workspace.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct AliasView {
+    pub name: String,
+    /// The alias file.
+    pub path: String,
+    /// `cached` | `stale` | `building` | `failed` | `invalid`.
+    pub status: String,
+    /// Empty when the alias cannot be planned.
+    pub head_state_id: String,
+    /// While building: the 1-based step running, of `total`.
+    pub step: u32,
+    pub total: u32,
+    /// Why the build failed or the alias cannot be planned.
+    pub error: Option<JobFailure>,
+    pub files: Vec<FileView>,
+    /// The prebuild job, while it runs or after it failed.
+    pub job_id: String,
+}
+
+/// One file a chain reads, with the status of the step it belongs to.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct FileView {
+    pub path: String,
+    /// `cached` | `stale` | `building` | `failed`.
+    pub status: String,
+    pub state_id: String,
+    /// 1-based step; the last one when the file is read by several.
+    pub step: u32,
 }

@@ -10,10 +10,12 @@ use tokio::sync::{broadcast, watch};
 use tokio_stream::Stream;
 use tonic::{Code, Request, Response, Status};
 
-use crate::engine::{Engine, EngineError, ExecInput, PrepareInput, Removal};
+use crate::engine::{Delivery, Engine, EngineError, ExecInput, HandOut, PrepareInput, Removal};
 use crate::model::{
-    EventKind, InstanceRecord, JobEvent, JobFailure, JobRecord, PlanView, StateRecord, TaskRecord,
+    AliasView, EventKind, InstanceRecord, InstanceStatus, JobEvent, JobFailure, JobRecord,
+    PlanView, ProjectView, StateRecord, TaskRecord,
 };
+use crate::projects::{ProjectError, Projects};
 use crate::runtime::docker::OutputStream;
 
 /// What the daemon says about itself.
@@ -26,6 +28,7 @@ pub struct DaemonInfo {
 
 pub struct Service {
     engine: Arc<Engine>,
+    projects: Arc<Projects>,
     info: DaemonInfo,
     token: String,
     shutdown: watch::Sender<bool>,
@@ -34,12 +37,14 @@ pub struct Service {
 impl Service {
     pub fn new(
         engine: Arc<Engine>,
+        projects: Arc<Projects>,
         info: DaemonInfo,
         token: String,
         shutdown: watch::Sender<bool>,
     ) -> Self {
         Self {
             engine,
+            projects,
             info,
             token,
             shutdown,
@@ -111,14 +116,70 @@ impl From<EngineError> for Status {
     }
 }
 
-fn prepare_input(r: pb::PrepareRequest) -> PrepareInput {
-    PrepareInput {
+impl From<ProjectError> for Status {
+    fn from(e: ProjectError) -> Self {
+        match e {
+            ProjectError::Index(e) => e.into(),
+            other => status(Code::InvalidArgument, "not_a_workspace", other.to_string()),
+        }
+    }
+}
+
+fn prepare_input(r: pb::PrepareRequest) -> (PrepareInput, HandOut) {
+    let how = HandOut {
+        name: (!r.name.is_empty()).then_some(r.name),
+        keep: r.keep,
+        ttl: (r.ttl_ms > 0).then(|| std::time::Duration::from_millis(r.ttl_ms)),
+    };
+    let input = PrepareInput {
         kind: r.kind,
         args: r.args,
         cwd: r.cwd.into(),
         stdin: (!r.stdin.is_empty()).then_some(r.stdin),
         alias_path: (!r.alias_path.is_empty()).then(|| r.alias_path.into()),
         image: (!r.image.is_empty()).then_some(r.image),
+    };
+    (input, how)
+}
+
+/// The folder a request was made in: its alias file's, else its cwd.
+fn request_dir(input: &PrepareInput) -> Option<std::path::PathBuf> {
+    match &input.alias_path {
+        Some(alias) => alias.parent().map(std::path::Path::to_owned),
+        None => input.cwd.is_absolute().then(|| input.cwd.clone()),
+    }
+}
+
+fn pb_alias(a: &AliasView) -> pb::AliasStatus {
+    pb::AliasStatus {
+        name: a.name.clone(),
+        path: a.path.clone(),
+        status: a.status.clone(),
+        head_state_id: a.head_state_id.clone(),
+        step: a.step,
+        total: a.total,
+        error: a.error.as_ref().map(pb_error),
+        files: a
+            .files
+            .iter()
+            .map(|f| pb::FileStatus {
+                path: f.path.clone(),
+                status: f.status.clone(),
+                state_id: f.state_id.clone(),
+                step: f.step,
+            })
+            .collect(),
+        job_id: a.job_id.clone(),
+    }
+}
+
+fn pb_project(p: &ProjectView) -> pb::ProjectStatus {
+    pb::ProjectStatus {
+        root: p.root.clone(),
+        prebuild: p.prebuild,
+        aliases: p.aliases.iter().map(pb_alias).collect(),
+        updated_at_ms: p.updated_at_ms,
+        watched: p.watched,
     }
 }
 
@@ -150,7 +211,8 @@ fn pb_error(f: &JobFailure) -> pb::JobError {
     }
 }
 
-fn pb_instance(i: &InstanceRecord, data_dir: String) -> pb::Instance {
+/// An instance as clients see it; `connections` is -1 when not asked.
+fn pb_instance(i: &InstanceRecord, data_dir: String, connections: i32) -> pb::Instance {
     pb::Instance {
         id: i.id.clone(),
         state_id: i.state_id.clone(),
@@ -163,6 +225,11 @@ fn pb_instance(i: &InstanceRecord, data_dir: String) -> pb::Instance {
         job_id: i.job_id.clone(),
         data_dir,
         image: i.image.clone(),
+        name: i.name.clone().unwrap_or_default(),
+        expires_at_ms: i.expires_at_ms,
+        connections,
+        from_pool: i.from_pool,
+        started_at_ms: i.started_at_ms,
     }
 }
 
@@ -182,10 +249,13 @@ fn pb_event(e: &JobEvent, engine: &Engine) -> pb::JobEvent {
         }),
         EventKind::Log(text) => Event::Log(pb::LogLine { text: text.clone() }),
         EventKind::Succeeded(i) => Event::Succeeded(pb::JobSucceeded {
-            instance: Some(pb_instance(
-                i,
-                engine.store.instance_data(&i.id).display().to_string(),
-            )),
+            instance: i.as_ref().map(|i| {
+                pb_instance(
+                    i,
+                    engine.store.instance_data(&i.id).display().to_string(),
+                    -1,
+                )
+            }),
         }),
         EventKind::Failed(f) => Event::Failed(pb_error(f)),
         EventKind::Cancelled => Event::Cancelled(pb::JobCancelled {}),
@@ -348,6 +418,20 @@ impl Sqlrs for Service {
             runtime_reason: e.runtimes.reason().into(),
             liquibase,
             liquibase_error,
+            pool: Some({
+                let p = e.pool.stats();
+                pb::PoolStatus {
+                    warm_instances: p.warm_instances,
+                    starting: p.starting,
+                    memory_bytes: p.memory_bytes,
+                    memory_budget_bytes: p.memory_budget_bytes,
+                    per_state: p.per_state,
+                    hits: p.hits,
+                    misses: p.misses,
+                    hot_states: p.hot_states,
+                }
+            }),
+            projects: self.projects.views().iter().map(pb_project).collect(),
         }))
     }
 
@@ -358,7 +442,10 @@ impl Sqlrs for Service {
         req: Request<pb::PrepareRequest>,
     ) -> Result<Response<Self::PrepareStream>, Status> {
         self.check(&req)?;
-        let input = prepare_input(req.into_inner());
+        let (input, how) = prepare_input(req.into_inner());
+        if let Some(dir) = request_dir(&input) {
+            self.projects.note_use(&dir);
+        }
         let job = self
             .engine
             .jobs
@@ -366,7 +453,11 @@ impl Sqlrs for Service {
             .map_err(Status::from)?;
         // Follow before the job starts so no event is missed.
         let stream = follow(self.engine.clone(), job.id.clone())?;
-        tokio::spawn(self.engine.clone().run_prepare(job, input));
+        tokio::spawn(
+            self.engine
+                .clone()
+                .run_prepare(job, input, Delivery::Instance(how)),
+        );
         Ok(Response::new(stream))
     }
 
@@ -375,7 +466,11 @@ impl Sqlrs for Service {
         req: Request<pb::PrepareRequest>,
     ) -> Result<Response<pb::PlanReply>, Status> {
         self.check(&req)?;
-        let plan = self.engine.plan(prepare_input(req.into_inner())).await?;
+        let (input, _) = prepare_input(req.into_inner());
+        if let Some(dir) = request_dir(&input) {
+            self.projects.note_use(&dir);
+        }
+        let plan = self.engine.plan(input).await?;
         Ok(Response::new(pb_plan(&plan)))
     }
 
@@ -486,16 +581,30 @@ impl Sqlrs for Service {
         req: Request<pb::ListInstancesRequest>,
     ) -> Result<Response<pb::ListInstancesReply>, Status> {
         self.check(&req)?;
+        let include_warm = req.into_inner().include_warm;
         let e = &self.engine;
         let mut instances = e
             .index
             .instances()
             .map_err(|x| Status::from(EngineError::from(x)))?;
+        instances.retain(|i| include_warm || i.status != InstanceStatus::Warm);
         instances.sort_by_key(|i| i.created_at_ms);
+        // Every server is asked for its sessions at once.
+        let mut counts = tokio::task::JoinSet::new();
+        for (k, i) in instances.iter().enumerate() {
+            let engine = e.clone();
+            let i = i.clone();
+            counts.spawn(async move { (k, engine.connection_count(&i).await) });
+        }
+        let mut connections = vec![-1; instances.len()];
+        while let Some(Ok((k, n))) = counts.join_next().await {
+            connections[k] = n.map_or(-1, |n| i32::try_from(n).unwrap_or(i32::MAX));
+        }
         Ok(Response::new(pb::ListInstancesReply {
             instances: instances
                 .iter()
-                .map(|i| pb_instance(i, e.store.instance_data(&i.id).display().to_string()))
+                .zip(connections)
+                .map(|(i, n)| pb_instance(i, e.store.instance_data(&i.id).display().to_string(), n))
                 .collect(),
         }))
     }
@@ -507,7 +616,9 @@ impl Sqlrs for Service {
         self.check(&req)?;
         let i = self.engine.ready_instance(&req.into_inner().id).await?;
         let data = self.engine.store.instance_data(&i.id).display().to_string();
-        Ok(Response::new(pb_instance(&i, data)))
+        let n = self.engine.connection_count(&i).await;
+        let n = n.map_or(-1, |n| i32::try_from(n).unwrap_or(i32::MAX));
+        Ok(Response::new(pb_instance(&i, data, n)))
     }
 
     async fn delete_instance(
@@ -571,6 +682,37 @@ impl Sqlrs for Service {
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::UnboundedReceiverStream::new(rx),
         )))
+    }
+
+    async fn register_project(
+        &self,
+        req: Request<pb::ProjectRef>,
+    ) -> Result<Response<pb::ProjectStatus>, Status> {
+        self.check(&req)?;
+        let r = req.into_inner();
+        let path = std::path::PathBuf::from(&r.path);
+        let view = if r.stop {
+            self.projects.unregister(&path).await?
+        } else {
+            self.projects.register(&path).await?.borrow().clone()
+        };
+        Ok(Response::new(pb_project(&view)))
+    }
+
+    type WatchProjectStream = Pin<Box<dyn Stream<Item = Result<pb::ProjectStatus, Status>> + Send>>;
+
+    async fn watch_project(
+        &self,
+        req: Request<pb::ProjectRef>,
+    ) -> Result<Response<Self::WatchProjectStream>, Status> {
+        self.check(&req)?;
+        let path = std::path::PathBuf::from(req.into_inner().path);
+        let rx = self.projects.register(&path).await?;
+        // The current status first, then every change; the stream ends when
+        // the workspace is no longer watched.
+        let stream = tokio_stream::wrappers::WatchStream::new(rx);
+        let stream = tokio_stream::StreamExt::map(stream, |v| Ok(pb_project(&v)));
+        Ok(Response::new(Box::pin(stream)))
     }
 
     async fn shutdown(

@@ -22,7 +22,7 @@ use super::{ChainStep, Engine, EngineError, Stop, io_err};
 use crate::ids::{FieldHasher, Fingerprint, StateId};
 use crate::jobs::LiveJob;
 use crate::liquibase::{self, Closure, Jdbc, LbArgs, LbError, Liquibase, PlannedChangeset};
-use crate::model::{InstanceRecord, InstanceStatus, JobFailure, now_ms, random_id};
+use crate::model::{InstanceStatus, JobFailure};
 use crate::runtime::{Runtime, ServerHandle, generate_password};
 use crate::runtimes::Selected;
 
@@ -200,29 +200,11 @@ impl Engine {
         let tool = self.liquibase.get().await?;
         self.ensure_base(rt, base).await?;
         let runtime = rt.runtime.as_ref();
-        let mut record = InstanceRecord {
-            id: random_id(),
-            state_id: base.to_hex(),
-            status: InstanceStatus::Building,
-            server: None,
-            password: String::new(),
-            dsn: String::new(),
-            created_at_ms: now_ms(),
-            job_id: String::new(),
-            runtime: runtime.info().kind.into(),
-            image: rt.image.clone(),
-        };
+        let mut record = Self::new_record(rt, &base.to_hex(), "", InstanceStatus::Building);
         self.index.put_instance(&record)?;
         let exec = self.store.exec_dir(&format!("lb-plan-{}", record.id));
         let result = async {
-            self.clone_into_instance(&base.to_hex(), &record.id)?;
-            let server = runtime
-                .start(
-                    &self.store.instance_data(&record.id),
-                    &self.store.instance_run(&record.id),
-                    &Self::server_options(),
-                )
-                .await?;
+            let server = self.clone_and_start(rt, &record).await?;
             record.server = Some(server.clone());
             self.index.put_instance(&record)?;
             let jdbc = self.jdbc(runtime, &server).await?;

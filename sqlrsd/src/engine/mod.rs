@@ -4,6 +4,9 @@
 //! the index at start-up.
 
 mod lb;
+mod warm;
+
+pub use warm::{AliasRefresh, Delivery, HandOut, check_name};
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -22,9 +25,11 @@ use crate::model::{
     StateRecord, StepProgress, TaskKind, TaskRecord, now_ms, random_id,
 };
 use crate::planner::{self, PsqlRequest, Step};
+use crate::pool::{Pool, PoolSettings};
 use crate::runtime::docker::{ExecOptions, OutputStream};
 use crate::runtime::{Runtime, RuntimeError, ServerHandle, ServerOptions, generate_password};
 use crate::runtimes::{Runtimes, Selected};
+use crate::scheduler::{Priority, Scheduler};
 use crate::snapshot::{self, Snapshotter};
 use crate::store::Store;
 
@@ -219,6 +224,23 @@ pub struct Engine {
     build_locks: Mutex<HashMap<StateId, Arc<tokio::sync::Mutex<()>>>>,
     /// Liquibase, for `prepare:lb`.
     pub liquibase: lb::LbTool,
+    /// Warm instances of hot states.
+    pub pool: Pool,
+    /// Bounded build slots, interactive prepares first.
+    pub scheduler: Arc<Scheduler>,
+    /// One prepare at a time per instance name.
+    name_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Time to live of instances whose prepare names none.
+    default_ttl: Option<Duration>,
+}
+
+/// How the engine hands out instances and runs builds.
+#[derive(Debug, Clone)]
+pub struct EngineSettings {
+    pub pool: PoolSettings,
+    pub max_builds: usize,
+    pub default_ttl: Option<Duration>,
+    pub liquibase_exec: Option<PathBuf>,
 }
 
 impl Engine {
@@ -229,7 +251,7 @@ impl Engine {
         blobs: BlobStore,
         runtimes: Runtimes,
         snapshotter: snapshot::Detected,
-        liquibase_exec: Option<PathBuf>,
+        settings: EngineSettings,
     ) -> Self {
         let class_cache = store.root().join("cache").join("liquibase");
         Self {
@@ -241,7 +263,11 @@ impl Engine {
             snapshotter: snapshotter.snapshotter,
             snapshotter_reason: snapshotter.reason,
             build_locks: Mutex::new(HashMap::new()),
-            liquibase: lb::LbTool::new(liquibase_exec, class_cache),
+            liquibase: lb::LbTool::new(settings.liquibase_exec, class_cache),
+            pool: Pool::new(settings.pool),
+            scheduler: Scheduler::new(settings.max_builds),
+            name_locks: Mutex::new(HashMap::new()),
+            default_ttl: settings.default_ttl,
         }
     }
 
@@ -263,7 +289,11 @@ impl Engine {
     }
 
     fn is_cached(&self, id: &StateId) -> Result<bool, IndexError> {
-        Ok(self.index.state(&id.to_hex())?.is_some())
+        self.is_cached_hex(&id.to_hex())
+    }
+
+    fn is_cached_hex(&self, id: &str) -> Result<bool, IndexError> {
+        Ok(self.index.state(id)?.is_some())
     }
 
     /// Resolves an alias file into kind, args and cwd.
@@ -373,9 +403,14 @@ impl Engine {
     }
 
     /// Runs a prepare job to its end, emitting events; never fails itself.
-    pub async fn run_prepare(self: Arc<Self>, job: Arc<LiveJob>, input: PrepareInput) {
+    pub async fn run_prepare(
+        self: Arc<Self>,
+        job: Arc<LiveJob>,
+        input: PrepareInput,
+        delivery: Delivery,
+    ) {
         let _ = self.jobs.update(&job, |r| r.status = RunStatus::Running);
-        let outcome = self.prepare(&job, input).await;
+        let outcome = self.prepare(&job, input, delivery).await;
         let cancelled = job.cancel.is_cancelled();
         let (status, kind) = match outcome {
             Ok(instance) => (RunStatus::Succeeded, EventKind::Succeeded(instance)),
@@ -389,7 +424,7 @@ impl Engine {
             if let EventKind::Failed(f) = &kind {
                 r.error = Some(f.clone());
             }
-            if let EventKind::Succeeded(i) = &kind {
+            if let EventKind::Succeeded(Some(i)) = &kind {
                 r.instance_id = Some(i.id.clone());
             }
             for t in &mut r.tasks {
@@ -435,7 +470,14 @@ impl Engine {
         self: &Arc<Self>,
         job: &Arc<LiveJob>,
         input: PrepareInput,
-    ) -> Result<InstanceRecord, Stop> {
+        delivery: Delivery,
+    ) -> Result<Option<InstanceRecord>, Stop> {
+        if let Delivery::Instance(HandOut {
+            name: Some(name), ..
+        }) = &delivery
+        {
+            check_name(name)?;
+        }
         let now = now_ms();
         let _ = self.jobs.update(job, |r| {
             r.tasks.push(TaskRecord {
@@ -503,25 +545,99 @@ impl Engine {
         });
         self.jobs
             .emit(job, EventKind::Planned(self.plan_view(&chain)?))?;
-
-        // Longest cached prefix; the first missing state is built once.
-        let first_missing = self.cached_prefix(&chain)?;
-        if first_missing == n {
-            return self.finish_prepare(job, &chain, n).await;
+        match delivery {
+            Delivery::Instance(how) => {
+                let Some(name) = how.name.clone() else {
+                    let mut inst = self
+                        .make_head(job, &chain, &Delivery::Instance(how.clone()))
+                        .await?;
+                    if let Some(inst) = &mut inst {
+                        self.bind(inst, &how).await?;
+                    }
+                    return Ok(inst);
+                };
+                // One prepare per name at a time: the second one finds the
+                // first's instance.
+                let lock = self.name_lock(&name);
+                let result = tokio::select! {
+                    _guard = lock.lock() => self.prepare_named(job, &chain, &how).await,
+                    () = job.cancel.cancelled() => Err(Stop::Cancelled),
+                };
+                drop(lock);
+                self.forget_name_lock(&name);
+                result
+            }
+            prebuild @ Delivery::Prebuild { .. } => self.make_head(job, &chain, &prebuild).await,
         }
+    }
+
+    /// A prepare with `--name`: the named instance when it is of the head
+    /// state, else a new one that takes the name.
+    async fn prepare_named(
+        self: &Arc<Self>,
+        job: &Arc<LiveJob>,
+        chain: &Chain,
+        how: &HandOut,
+    ) -> Result<Option<InstanceRecord>, Stop> {
+        let n = chain.steps.len();
+        let head = chain.ids[n - 1].to_hex();
+        if let Some(inst) = self.reuse_named(&head, how).await? {
+            for k in 0..n {
+                self.step_event(job, chain, k, "cached", 0);
+                self.set_task(job, k as u32 + 1, |t| {
+                    t.status = RunStatus::Succeeded;
+                    t.cached = true;
+                });
+            }
+            self.jobs.emit(
+                job,
+                EventKind::Log(format!(
+                    "instance {} is named {:?}; handing it out again",
+                    inst.id,
+                    inst.name.as_deref().unwrap_or_default()
+                )),
+            )?;
+            return Ok(Some(inst));
+        }
+        let mut inst = self
+            .make_head(job, chain, &Delivery::Instance(how.clone()))
+            .await?;
+        if let Some(inst) = &mut inst {
+            self.bind(inst, how).await?;
+        }
+        Ok(inst)
+    }
+
+    /// Builds what is missing of the chain (the first missing state once,
+    /// whoever asks; builds wait for a slot) and delivers.
+    async fn make_head(
+        self: &Arc<Self>,
+        job: &Arc<LiveJob>,
+        chain: &Chain,
+        delivery: &Delivery,
+    ) -> Result<Option<InstanceRecord>, Stop> {
+        let n = chain.steps.len();
+        // Longest cached prefix; the first missing state is built once.
+        let first_missing = self.cached_prefix(chain)?;
+        if first_missing == n {
+            return self.finish_prepare(job, chain, n, delivery).await;
+        }
+        let priority = match delivery {
+            Delivery::Instance(_) => Priority::Interactive,
+            Delivery::Prebuild { .. } => Priority::Background,
+        };
         let locked = chain.ids[first_missing];
         let lock = self.build_lock(&locked);
         let result = tokio::select! {
-            guard = lock.lock_owned() => {
-                let result = match self.cached_prefix(&chain) {
-                    Ok(cached) => self.finish_prepare(job, &chain, cached).await,
-                    Err(e) => Err(e.into()),
-                };
-                drop(guard);
-                result
-            }
+            result = async {
+                let _slot = self.scheduler.acquire(priority).await;
+                let _guard = lock.lock().await;
+                let cached = self.cached_prefix(chain)?;
+                self.finish_prepare(job, chain, cached, delivery).await
+            } => result,
             () = job.cancel.cancelled() => Err(Stop::Cancelled),
         };
+        drop(lock);
         self.forget_build_lock(&locked);
         result
     }
@@ -533,7 +649,8 @@ impl Engine {
         job: &Arc<LiveJob>,
         chain: &Chain,
         cached: usize,
-    ) -> Result<InstanceRecord, Stop> {
+        delivery: &Delivery,
+    ) -> Result<Option<InstanceRecord>, Stop> {
         let n = chain.steps.len();
         let head = chain.ids[n - 1].to_hex();
         for k in 0..cached {
@@ -545,16 +662,21 @@ impl Engine {
         }
         let start_task = n as u32 + 1;
         if cached == n {
+            if let Delivery::Prebuild { owner } = delivery {
+                self.set_task(job, start_task, |t| t.status = RunStatus::Succeeded);
+                self.keep_warm(owner, &chain.rt, &head);
+                return Ok(None);
+            }
             self.set_task(job, start_task, |t| {
                 t.status = RunStatus::Running;
                 t.started_at_ms = now_ms();
             });
-            let instance = self.start_instance(&chain.rt, &head, &job.id).await?;
+            let instance = self.deliver(&chain.rt, &head, &job.id).await?;
             self.set_task(job, start_task, |t| {
                 t.status = RunStatus::Succeeded;
                 t.finished_at_ms = now_ms();
             });
-            return Ok(instance);
+            return Ok(Some(instance));
         }
         let parent = if cached == 0 {
             self.ensure_base(&chain.rt, &chain.base).await?;
@@ -562,7 +684,7 @@ impl Engine {
         } else {
             chain.ids[cached - 1]
         };
-        self.build(job, chain, cached, &parent).await
+        self.build(job, chain, cached, &parent, delivery).await
     }
 
     /// Number of leading steps whose states are cached.
@@ -653,27 +775,34 @@ impl Engine {
         chain: &Chain,
         from: usize,
         parent: &StateId,
-    ) -> Result<InstanceRecord, Stop> {
-        let inst_id = random_id();
-        let mut record = InstanceRecord {
-            id: inst_id.clone(),
-            state_id: parent.to_hex(),
-            status: InstanceStatus::Building,
-            server: None,
-            password: String::new(),
-            dsn: String::new(),
-            created_at_ms: now_ms(),
-            job_id: job.id.clone(),
-            runtime: chain.rt.runtime.info().kind.into(),
-            image: chain.rt.image.clone(),
-        };
+        delivery: &Delivery,
+    ) -> Result<Option<InstanceRecord>, Stop> {
+        let mut record = Self::new_record(
+            &chain.rt,
+            &parent.to_hex(),
+            &job.id,
+            InstanceStatus::Building,
+        );
         self.index.put_instance(&record)?;
+        let prebuild = matches!(delivery, Delivery::Prebuild { .. });
         let result = self
-            .build_steps(job, chain, from, parent, &mut record)
+            .build_steps(job, chain, from, &mut record, prebuild)
             .await;
-        match result {
-            Ok(()) => Ok(record),
-            Err(stop) => {
+        match (result, delivery) {
+            (Ok(()), Delivery::Instance(_)) => {
+                self.pool
+                    .used(&record.state_id, &warm::target_of(&chain.rt));
+                self.replenish(&record.state_id);
+                Ok(Some(record))
+            }
+            (Ok(()), Delivery::Prebuild { owner }) => {
+                // The build server ran at low priority: a fresh warm
+                // instance serves the head instead.
+                self.discard_instance(&record).await;
+                self.keep_warm(owner, &chain.rt, &record.state_id);
+                Ok(None)
+            }
+            (Err(stop), _) => {
                 self.discard_instance(&record).await;
                 Err(stop)
             }
@@ -685,14 +814,23 @@ impl Engine {
         job: &Arc<LiveJob>,
         chain: &Chain,
         from: usize,
-        parent: &StateId,
         record: &mut InstanceRecord,
+        low_priority: bool,
     ) -> Result<(), Stop> {
         let runtime = chain.rt.runtime.as_ref();
         let data = self.store.instance_data(&record.id);
         let run = self.store.instance_run(&record.id);
-        self.clone_into_instance(&parent.to_hex(), &record.id)?;
-        let mut server = runtime.start(&data, &run, &Self::server_options()).await?;
+        // Background builds yield the CPU to everything else (native
+        // servers; a container's processes are Docker's to schedule).
+        let native = runtime.info().kind == "native";
+        let lower = |server: &ServerHandle| {
+            if low_priority && native {
+                crate::runtime::memory::lower_priority(server.pid);
+            }
+        };
+        let mut server = self.clone_and_start(&chain.rt, record).await?;
+        lower(&server);
+        record.started_at_ms = now_ms();
         record.server = Some(server.clone());
         self.index.put_instance(record)?;
         let exec_root = self.store.exec_dir(&job.id);
@@ -770,6 +908,8 @@ impl Engine {
                 self.snapshotter
                     .clone_writable(&self.store.state_path(&id), &data)?;
                 server = runtime.start(&data, &run, &Self::server_options()).await?;
+                lower(&server);
+                record.started_at_ms = now_ms();
                 record.server = Some(server.clone());
             }
             record.state_id = id;
@@ -883,6 +1023,23 @@ impl Engine {
         Ok(())
     }
 
+    /// Clones the record's state into its folder and starts a server on it.
+    async fn clone_and_start(
+        &self,
+        rt: &Selected,
+        record: &InstanceRecord,
+    ) -> Result<ServerHandle, EngineError> {
+        self.clone_into_instance(&record.state_id, &record.id)?;
+        Ok(rt
+            .runtime
+            .start(
+                &self.store.instance_data(&record.id),
+                &self.store.instance_run(&record.id),
+                &Self::server_options(),
+            )
+            .await?)
+    }
+
     /// A new instance of a cached state.
     async fn start_instance(
         &self,
@@ -890,31 +1047,14 @@ impl Engine {
         state: &str,
         job_id: &str,
     ) -> Result<InstanceRecord, Stop> {
-        let runtime = rt.runtime.as_ref();
-        let mut record = InstanceRecord {
-            id: random_id(),
-            state_id: state.into(),
-            status: InstanceStatus::Building,
-            server: None,
-            password: String::new(),
-            dsn: String::new(),
-            created_at_ms: now_ms(),
-            job_id: job_id.into(),
-            runtime: runtime.info().kind.into(),
-            image: rt.image.clone(),
-        };
+        let mut record = Self::new_record(rt, state, job_id, InstanceStatus::Building);
         self.index.put_instance(&record)?;
         let result = async {
-            self.clone_into_instance(state, &record.id)?;
-            let server = runtime
-                .start(
-                    &self.store.instance_data(&record.id),
-                    &self.store.instance_run(&record.id),
-                    &Self::server_options(),
-                )
-                .await?;
+            let server = self.clone_and_start(rt, &record).await?;
+            record.started_at_ms = now_ms();
             record.server = Some(server.clone());
-            self.hand_out(runtime, &mut record, &server).await
+            self.hand_out(rt.runtime.as_ref(), &mut record, &server)
+                .await
         }
         .await;
         match result {
@@ -928,6 +1068,7 @@ impl Engine {
 
     /// Stops an instance's server and removes its files and record.
     async fn discard_instance(&self, record: &InstanceRecord) {
+        self.pool.remove_instance(&record.id);
         let runtime = self
             .runtimes
             .for_instance(&record.runtime, &record.image)
@@ -978,8 +1119,14 @@ impl Engine {
         }
     }
 
+    /// An instance by name, full id or id prefix (warm instances of the
+    /// pool are nobody's yet and are not found).
     pub fn instance(&self, prefix: &str) -> Result<InstanceRecord, EngineError> {
-        let all = self.index.instances()?;
+        let mut all = self.index.instances()?;
+        all.retain(|i| i.status != InstanceStatus::Warm);
+        if let Some(k) = all.iter().position(|i| i.name.as_deref() == Some(prefix)) {
+            return Ok(all.swap_remove(k));
+        }
         let id = Self::resolve("instance", prefix, all.iter().map(|i| i.id.as_str()))?;
         Ok(all
             .into_iter()
@@ -1048,6 +1195,25 @@ impl Engine {
         }])
     }
 
+    /// Client sessions open on an instance's server, as the server sees
+    /// them; 0 when its server is not running.
+    pub async fn connection_count(&self, inst: &InstanceRecord) -> Result<u32, EngineError> {
+        let Some(server) = &inst.server else {
+            return Ok(0);
+        };
+        if inst.status == InstanceStatus::Building {
+            return Ok(0);
+        }
+        let rt = self
+            .runtimes
+            .for_instance(&inst.runtime, &inst.image)
+            .await?;
+        if !rt.runtime.is_running(server) {
+            return Ok(0);
+        }
+        Ok(rt.runtime.connection_count(server).await?)
+    }
+
     async fn instance_blocker(&self, inst: &InstanceRecord, force: bool) -> Option<String> {
         if inst.status == InstanceStatus::Building {
             return Some(format!(
@@ -1058,16 +1224,7 @@ impl Engine {
         if force {
             return None;
         }
-        let server = inst.server.as_ref()?;
-        let rt = self
-            .runtimes
-            .for_instance(&inst.runtime, &inst.image)
-            .await
-            .ok()?;
-        if !rt.runtime.is_running(server) {
-            return None;
-        }
-        match rt.runtime.connection_count(server).await {
+        match self.connection_count(inst).await {
             Ok(0) | Err(_) => None,
             Ok(n) => Some(format!("{n} open connection(s); close them or use --force")),
         }
@@ -1098,12 +1255,13 @@ impl Engine {
             i += 1;
         }
         let subtree: HashSet<&str> = order.iter().map(String::as_str).collect();
-        let instances: Vec<InstanceRecord> = self
+        // Warm instances are the pool's: they never hold a state back.
+        let (warm, instances): (Vec<InstanceRecord>, Vec<InstanceRecord>) = self
             .index
             .instances()?
             .into_iter()
             .filter(|inst| subtree.contains(inst.state_id.as_str()))
-            .collect();
+            .partition(|inst| inst.status == InstanceStatus::Warm);
         let descendants = order.len() - 1;
         let blocked = if descendants > 0 && !recurse {
             Some(format!(
@@ -1137,6 +1295,11 @@ impl Engine {
                     blocked_reason: blocker,
                 });
                 return Ok(out);
+            }
+        }
+        if !dry_run {
+            for inst in &warm {
+                self.discard_instance(inst).await;
             }
         }
         for inst in instances {
@@ -1249,7 +1412,9 @@ impl Engine {
         let mut known = HashSet::new();
         for mut inst in self.index.instances()? {
             let data = self.store.instance_data(&inst.id);
-            if inst.status == InstanceStatus::Building || !data.is_dir() {
+            if matches!(inst.status, InstanceStatus::Building | InstanceStatus::Warm)
+                || !data.is_dir()
+            {
                 self.discard_instance(&inst).await;
                 continue;
             }

@@ -5,6 +5,7 @@
 mod admin;
 pub mod docker;
 mod launch;
+pub mod memory;
 mod native;
 
 use std::ffi::CString;
