@@ -124,8 +124,15 @@ pub async fn run(loc: Locations) -> Result<(), DaemonError> {
     let upkeep = tokio_util::sync::CancellationToken::new();
     tokio::spawn(engine.clone().upkeep(upkeep.clone()));
     let projects = Projects::new(engine.clone());
-    if let Err(e) = projects.restore().await {
-        tracing::warn!("cannot watch the registered workspaces again: {e}");
+    // Planning the registered workspaces again may take a while (Liquibase
+    // starts a JVM): it does not hold up serving.
+    {
+        let projects = projects.clone();
+        tokio::spawn(async move {
+            if let Err(e) = projects.restore().await {
+                tracing::warn!("cannot watch the registered workspaces again: {e}");
+            }
+        });
     }
     // Ask an installed Liquibase its version now (a JVM start), so neither
     // `sqlrs status` nor the first prepare:lb waits for it.
@@ -176,6 +183,7 @@ pub async fn run(loc: Locations) -> Result<(), DaemonError> {
         .serve_with_incoming_shutdown(transport::incoming(listener), stop)
         .await?;
     upkeep.cancel();
+    projects.shutdown().await;
     stop_jobs(&engine).await;
     engine.drain_pool().await;
     let _ = std::fs::remove_file(&socket);

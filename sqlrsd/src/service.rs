@@ -120,7 +120,12 @@ impl From<ProjectError> for Status {
     fn from(e: ProjectError) -> Self {
         match e {
             ProjectError::Index(e) => e.into(),
-            other => status(Code::InvalidArgument, "not_a_workspace", other.to_string()),
+            ProjectError::NotAWorkspace(_) => {
+                status(Code::InvalidArgument, "not_a_workspace", e.to_string())
+            }
+            ProjectError::Watch { .. } => {
+                status(Code::ResourceExhausted, "watch_failed", e.to_string())
+            }
         }
     }
 }

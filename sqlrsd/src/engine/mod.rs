@@ -232,6 +232,8 @@ pub struct Engine {
     name_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Time to live of instances whose prepare names none.
     default_ttl: Option<Duration>,
+    /// psql plans of unchanged inputs, reused without reading them again.
+    plan_memo: planner::memo::PlanMemo,
 }
 
 /// How the engine hands out instances and runs builds.
@@ -268,6 +270,7 @@ impl Engine {
             scheduler: Scheduler::new(settings.max_builds),
             name_locks: Mutex::new(HashMap::new()),
             default_ttl: settings.default_ttl,
+            plan_memo: Default::default(),
         }
     }
 
@@ -347,12 +350,19 @@ impl Engine {
         } else {
             let this = self.clone();
             let steps = tokio::task::spawn_blocking(move || {
+                let key = planner::memo::key(&input.args, &input.cwd, input.stdin.as_deref());
+                if let Some(steps) = this.plan_memo.get(&key, ingest) {
+                    return Ok(steps.as_ref().clone());
+                }
+                let planned_at = std::time::SystemTime::now();
                 let req = PsqlRequest {
                     args: &input.args,
                     cwd: &input.cwd,
                     stdin: input.stdin.as_deref(),
                 };
-                planner::plan_psql(&req, ingest.then_some(&this.blobs))
+                let steps = planner::plan_psql(&req, ingest.then_some(&this.blobs))?;
+                this.plan_memo.put(key, &steps, ingest, planned_at);
+                Ok::<_, planner::PlanError>(steps)
             })
             .await
             .expect("planner task panicked")?;

@@ -36,6 +36,7 @@
 mod args;
 mod closure;
 mod lexer;
+pub mod memo;
 mod meta;
 
 use std::io;
