@@ -96,8 +96,22 @@ fn alias_of_kind_lb_and_connection_options() {
         "shop.prep.s9s.yaml",
         "kind: lb\nargs: [update, --changelog-file, changelog.xml]\n",
     );
-    let via_alias = plan_steps(&lb.sb.json(&["plan", "shop"]));
+    let raw = lb.sb.json(&["plan", "shop"]);
+    let via_alias = plan_steps(&raw);
     assert_eq!(via_alias, lb.plan(&[]), "an lb alias plans like plan:lb");
+    // Every file Liquibase reads is some step's input (what watchers watch):
+    // changelogs, and the CSV and SQL files changes read.
+    let inputs = raw.to_string();
+    for file in [
+        "changelog.xml",
+        "tables/people.yaml",
+        "tables/orders.json",
+        "data/people.csv",
+        "scripts/grant.sql",
+        "sql/010_views.sql",
+    ] {
+        assert!(inputs.contains(file), "{file} is no step's input: {raw:#}");
+    }
     for option in ["--url=jdbc:postgresql://elsewhere/db", "--username=me"] {
         let out = lb.sb.sqlrs(&lb.args("plan:lb", &[option]));
         assert!(!out.success(), "{option} was accepted:\n{out}");

@@ -175,6 +175,29 @@ impl Engine {
                 inputs,
             }));
         }
+        // Files no changeset is in (changelogs that only include others, the
+        // files their changes read) are the last step's too: a change to
+        // them may change any step, and watchers must see them.
+        let listed: std::collections::HashSet<String> = steps
+            .iter()
+            .flat_map(|s| match s {
+                ChainStep::Changeset(c) => c.inputs.clone(),
+                ChainStep::Psql(_) => Vec::new(),
+            })
+            .collect();
+        let rest: Vec<String> = closure
+            .files
+            .iter()
+            .map(|f| f.path.display().to_string())
+            .filter(|p| !listed.contains(p))
+            .collect();
+        if let Some(ChainStep::Changeset(last)) = steps.last_mut() {
+            for p in rest {
+                if !last.inputs.contains(&p) {
+                    last.inputs.push(p);
+                }
+            }
+        }
         Ok((
             steps,
             fingerprints,

@@ -48,13 +48,6 @@ pub const LABEL_INSTANCE: &str = "sqlrs.instance";
 pub const LABEL_IMAGE: &str = "sqlrs.image";
 
 const DEFAULT_HOST: &str = "unix:///var/run/docker.sock";
-const INITDB_ARGS: &[&str] = &[
-    "--username=postgres",
-    "--encoding=UTF8",
-    "--locale=C",
-    "--auth-local=trust",
-    "--auth-host=scram-sha-256",
-];
 const INITDB_TIMEZONE: &str = "UTC";
 /// Host connections reach a container from its bridge gateway, not 127.0.0.1:
 /// the base cluster accepts password logins from any address (the port is
@@ -473,19 +466,14 @@ impl DockerRuntime {
         port: u16,
         opts: &ServerOptions,
     ) -> ContainerCreateBody {
-        let durability = if opts.durable { "on" } else { "off" };
         let host_network = self.network == Network::Host;
         let listen = if host_network { "127.0.0.1" } else { "*" };
-        let settings = [
+        let mut settings = vec![
             format!("port={port}"),
             format!("listen_addresses={listen}"),
             format!("unix_socket_directories={SOCKET_DIR}"),
-            "unix_socket_permissions=0700".into(),
-            "logging_collector=off".into(),
-            "log_destination=stderr".into(),
-            format!("fsync={durability}"),
-            format!("synchronous_commit={durability}"),
         ];
+        settings.extend(super::common_settings(opts));
         let mut cmd = vec!["-D".to_string(), DATA_DIR.into()];
         for s in settings {
             cmd.push("-c".into());
@@ -902,7 +890,8 @@ impl Runtime for DockerRuntime {
     }
 
     fn engine(&self) -> EngineIdentity {
-        let mut initdb_args: Vec<String> = INITDB_ARGS.iter().map(|a| a.to_string()).collect();
+        let mut initdb_args: Vec<String> =
+            super::INITDB_ARGS.iter().map(|a| a.to_string()).collect();
         initdb_args.push(format!("TZ={INITDB_TIMEZONE}"));
         initdb_args.push(format!("pg_hba: {HBA_LINE}"));
         EngineIdentity {
@@ -925,7 +914,7 @@ impl Runtime for DockerRuntime {
         }
         self.own(&data_dir)?;
         let mut args = vec!["-D".to_string(), DATA_DIR.into()];
-        args.extend(INITDB_ARGS.iter().map(|a| a.to_string()));
+        args.extend(super::INITDB_ARGS.iter().map(|a| a.to_string()));
         // The store syncs every state before recording it.
         args.push("--no-sync".into());
         let (code, output) = self

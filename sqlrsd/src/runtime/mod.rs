@@ -44,6 +44,32 @@ pub struct ServerHandle {
     pub data_dir: PathBuf,
 }
 
+/// initdb options of every base cluster, native or Docker; all of them shape
+/// its contents (and so its id). 1 MB WAL segments keep the WAL a state
+/// carries small: a copy store copies all of it for every instance.
+pub(crate) const INITDB_ARGS: &[&str] = &[
+    "--username=postgres",
+    "--encoding=UTF8",
+    "--locale=C",
+    "--auth-local=trust",
+    "--auth-host=scram-sha-256",
+    "--wal-segsize=1",
+];
+
+/// Server settings of every runtime: logs on stderr, the socket private,
+/// durability as asked, and no WAL segments kept for reuse beyond two.
+pub(crate) fn common_settings(opts: &ServerOptions) -> Vec<String> {
+    let durability = if opts.durable { "on" } else { "off" };
+    vec![
+        "unix_socket_permissions=0700".into(),
+        "logging_collector=off".into(),
+        "log_destination=stderr".into(),
+        format!("fsync={durability}"),
+        format!("synchronous_commit={durability}"),
+        "min_wal_size=2MB".into(),
+    ]
+}
+
 /// How a server is started.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ServerOptions {

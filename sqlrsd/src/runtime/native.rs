@@ -18,18 +18,11 @@ use tokio_util::sync::CancellationToken;
 use super::admin::{self, SUPERUSER};
 use super::launch::{self, Launch};
 use super::{
-    PsqlOutput, Runtime, RuntimeError, RuntimeInfo, ServerHandle, ServerOptions, loopback_dsn,
+    INITDB_ARGS, PsqlOutput, Runtime, RuntimeError, RuntimeInfo, ServerHandle, ServerOptions,
+    common_settings, loopback_dsn,
 };
 use crate::ids::EngineIdentity;
 
-/// initdb options of every base cluster; all of them shape its contents.
-const INITDB_ARGS: &[&str] = &[
-    "--username=postgres",
-    "--encoding=UTF8",
-    "--locale=C",
-    "--auth-local=trust",
-    "--auth-host=scram-sha-256",
-];
 /// initdb writes the host's time zone into postgresql.conf; pinning it keeps
 /// the base cluster the same on every machine (and matches the Docker images).
 const INITDB_TIMEZONE: &str = "UTC";
@@ -701,17 +694,13 @@ fn server_settings(
             "the socket path would exceed the 107 bytes Unix sockets allow",
         ));
     }
-    let durability = if opts.durable { "on" } else { "off" };
-    Ok(vec![
+    let mut settings = vec![
         format!("port={port}"),
         "listen_addresses=127.0.0.1".into(),
         format!("unix_socket_directories=\"{dir}\""),
-        "unix_socket_permissions=0700".into(),
-        "logging_collector=off".into(),
-        "log_destination=stderr".into(),
-        format!("fsync={durability}"),
-        format!("synchronous_commit={durability}"),
-    ])
+    ];
+    settings.extend(common_settings(opts));
+    Ok(settings)
 }
 
 /// The pid on the first line of a postmaster.pid.
