@@ -79,7 +79,7 @@ fn bench_warm(
             .args(["--output", "json", "prepare", ALIAS]),
     ));
     sqlrs.rm(project, first["instance_id"].as_str().unwrap());
-    let (mut times, mut from_pool) = (Vec::new(), 0);
+    let (mut times, mut from_pool, mut instances) = (Vec::new(), 0, Vec::new());
     for _ in 0..ds.runs {
         wait_for_pool(sqlrs, project, 1);
         let t = Instant::now();
@@ -93,7 +93,17 @@ fn bench_warm(
         if v["from_pool"].as_bool() == Some(true) {
             from_pool += 1;
         }
-        sqlrs.rm(project, v["instance_id"].as_str().unwrap());
+        instances.push(v["instance_id"].as_str().unwrap().to_owned());
+    }
+    eprintln!(
+        "  {}: {:?} ms",
+        ds.name,
+        times.iter().map(|t| t.as_millis()).collect::<Vec<_>>()
+    );
+    // Removed after the series: a btrfs subvolume removal goes on in the
+    // background and holds up the next durable write to the filesystem.
+    for id in instances {
+        sqlrs.rm(project, &id);
     }
     (times, from_pool)
 }

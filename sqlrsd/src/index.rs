@@ -11,7 +11,9 @@
 
 use std::path::{Path, PathBuf};
 
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{
+    Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
+};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -209,6 +211,12 @@ impl Index {
 
     pub fn put_job(&self, j: &JobRecord) -> Result<(), IndexError> {
         self.put_with(JOBS, &j.id, j, false)
+    }
+    /// How many jobs are recorded, without reading them.
+    pub fn job_count(&self) -> Result<u64, IndexError> {
+        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+        let t = tx.open_table(JOBS).map_err(|e| self.err(e))?;
+        t.len().map_err(|e| self.err(e))
     }
     pub fn job(&self, id: &str) -> Result<Option<JobRecord>, IndexError> {
         self.get(JOBS, id)

@@ -145,6 +145,10 @@ impl Jobs {
 
     /// Drops the oldest finished jobs beyond the configured number.
     fn prune(&self) -> Result<(), IndexError> {
+        // Counting is cheap; reading every job is not.
+        if self.index.job_count()? <= self.keep_jobs as u64 {
+            return Ok(());
+        }
         let mut jobs = self.index.jobs()?;
         if jobs.len() <= self.keep_jobs {
             return Ok(());

@@ -46,9 +46,11 @@ pub struct AliasRefresh {
     pub job: Option<Arc<LiveJob>>,
 }
 
-/// How often the pool, the instances' time to live and the servers' memory
-/// are looked after.
+/// How often the pool and the instances' time to live are looked after.
 const UPKEEP_INTERVAL: Duration = Duration::from_secs(1);
+/// Every how many upkeeps the warm servers' memory is measured again:
+/// reading a server's page tables costs the CPU a prepare would use.
+const MEASURE_EVERY: u32 = 15;
 
 /// Names are short words: letters, digits, `_`, `-`, `.`.
 pub fn check_name(name: &str) -> Result<(), EngineError> {
@@ -377,16 +379,16 @@ impl Engine {
     pub async fn upkeep(self: Arc<Self>, stop: CancellationToken) {
         let mut tick = tokio::time::interval(UPKEEP_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
+        for round in 0u32.. {
             tokio::select! {
                 _ = tick.tick() => {}
                 () = stop.cancelled() => return,
             }
-            self.upkeep_once().await;
+            self.upkeep_once(round % MEASURE_EVERY == 0).await;
         }
     }
 
-    async fn upkeep_once(self: &Arc<Self>) {
+    async fn upkeep_once(self: &Arc<Self>, measure: bool) {
         let Ok(instances) = self.index.instances() else {
             return;
         };
@@ -416,7 +418,7 @@ impl Engine {
                 self.discard_instance(inst).await;
                 continue;
             }
-            if let Some(bytes) = pid.and_then(memory::process_tree_bytes) {
+            if measure && let Some(bytes) = pid.and_then(memory::process_tree_bytes) {
                 self.pool.set_memory(&inst.id, bytes);
             }
         }
