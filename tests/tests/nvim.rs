@@ -381,6 +381,8 @@ const QUERY_SQL: &str = "-- items with a label\n\
     \n\
     select * from missing_table;\n";
 const RUN_LINES: [u32; 3] = [2, 5, 7];
+/// The line whose Run lens the scenario runs (the count query).
+const LENS_RUN_LINE: u32 = 5;
 /// The line the scenario appends to `db/seed.sql` in neovim before saving it.
 const SEED_EDIT: &str = "insert into item values (3);";
 
@@ -411,6 +413,7 @@ fn status_lens_refresh_and_run_into_the_results_buffer() {
         "append_line": SEED_EDIT,
         "query_file": query,
         "runs": RUN_LINES,
+        "lens_run": LENS_RUN_LINE,
         "run_lenses": RUN_LINES.len(),
         "attach_timeout_ms": ATTACH_TIMEOUT_MS,
         "lens_timeout_ms": LENS_TIMEOUT_MS,
@@ -523,37 +526,53 @@ fn status_lens_refresh_and_run_into_the_results_buffer() {
     );
 
     let runs = report["runs"].as_array().cloned().unwrap_or_default();
+    let count: &[&str] = &[
+        "select count(*) as n from item;",
+        " n",
+        "---",
+        " 3",
+        "(1 row)",
+        "SELECT 1",
+    ];
+    let expected: [(u32, &str, &[&str]); 4] = [
+        (
+            RUN_LINES[0],
+            "SqlrsRun",
+            &[
+                "order by v;",
+                " v | label",
+                "---+-------",
+                " 1 | one",
+                " 2 | NULL",
+                " 3 | NULL",
+                "(3 rows)",
+                "SELECT 3",
+            ],
+        ),
+        (RUN_LINES[1], "SqlrsRun", count),
+        (
+            RUN_LINES[2],
+            "SqlrsRun",
+            &[
+                "select * from missing_table;",
+                "ERROR 42P01 at 8:15: relation \"missing_table\" does not exist",
+            ],
+        ),
+        (LENS_RUN_LINE, "lens", count),
+    ];
     assert_eq!(
         runs.len(),
-        RUN_LINES.len(),
+        expected.len(),
         "{}",
         explain("one result per run")
     );
-    let expected: [&[&str]; 3] = [
-        &[
-            "order by v;",
-            " v | label",
-            "---+-------",
-            " 1 | one",
-            " 2 | NULL",
-            " 3 | NULL",
-            "(3 rows)",
-            "SELECT 3",
-        ],
-        &[
-            "select count(*) as n from item;",
-            " n",
-            "---",
-            " 3",
-            "(1 row)",
-            "SELECT 1",
-        ],
-        &[
-            "select * from missing_table;",
-            "ERROR 42P01 at 8:15: relation \"missing_table\" does not exist",
-        ],
-    ];
-    for (run, want) in runs.iter().zip(expected) {
+    for (run, (line, via, want)) in runs.iter().zip(expected) {
+        assert_eq!(
+            (&run["line"], &run["via"]),
+            (&json!(line), &json!(via)),
+            "{}",
+            explain("runs in order")
+        );
         let shown = lines(&run["lines"]);
         let mut rest = shown.as_slice();
         for line in want {

@@ -4,15 +4,15 @@
 ---
 --- CONFIG: {"report": path, "cmd": [sqlrs-lsp, …], "settings": {…},
 --- "chain_file": path, "append_line": text, "query_file": path,
---- "runs": [0-based line, …],
+--- "runs": [0-based line, …], "lens_run": 0-based line,
 --- "run_lenses": n, "attach_timeout_ms", "lens_timeout_ms", "run_timeout_ms"}.
 ---
 --- Sets the module up as a user would, opens the chain file and waits for
 --- its status lens to say `cached` (refreshed by the module alone: this script
 --- never asks for lenses), appends `append_line` to it and saves, waits for
 --- the lens to say `cached` with another state, opens the query file, waits for its Run lenses,
---- then runs :SqlrsRun at each line and waits for the results buffer to
---- change. Everything it sees goes to the JSON report; a wait that times out
+--- then runs :SqlrsRun at each line, and the Run lens at `lens_run`, and
+--- waits for the results buffer to change. Everything it sees goes to the JSON report; a wait that times out
 --- ends the script with exit code 1 and the report's `error` saying what it
 --- waited for and what it saw.
 local here = debug.getinfo(1, "S").source:sub(2):match("(.*)/test/[^/]+$")
@@ -163,12 +163,24 @@ local function scenario()
   end)
   report.query_lenses = lenses(query)
 
+  -- Each `runs` line through :SqlrsRun, then `lens_run` through the Run lens
+  -- as neovim itself runs lenses (workspace/executeCommand, no module code).
+  local steps = {}
   for _, line in ipairs(cfg.runs) do
+    steps[#steps + 1] = { line = line, via = "SqlrsRun" }
+  end
+  steps[#steps + 1] = { line = cfg.lens_run, via = "lens" }
+  for _, step in ipairs(steps) do
+    local line = step.line
     vim.api.nvim_set_current_win(query_win)
     vim.api.nvim_win_set_cursor(query_win, { line + 1, 0 })
     local before = results_tick()
-    vim.cmd("SqlrsRun")
-    wait("the results buffer to change after :SqlrsRun at line " .. line, cfg.run_timeout_ms, function()
+    if step.via == "lens" then
+      vim.lsp.codelens.run()
+    else
+      vim.cmd("SqlrsRun")
+    end
+    wait("the results buffer to change after running line " .. line .. " via " .. step.via, cfg.run_timeout_ms, function()
       return results_tick() > before
     end, function()
       return { buffer = results.lines(), notifications = report.notifications }
@@ -176,6 +188,7 @@ local function scenario()
     local buf = results_buffers()[1]
     report.runs[#report.runs + 1] = {
       line = line,
+      via = step.via,
       lines = results.lines(),
       results_buffers = #results_buffers(),
       windows = #vim.fn.win_findbuf(buf),

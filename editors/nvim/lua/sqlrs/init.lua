@@ -31,20 +31,22 @@ M.options = vim.deepcopy(M.defaults)
 
 --- uri -> alias -> the latest `sqlrs/fileStatus` payload.
 local statuses = {}
---- The runId of the last result written to the results buffer.
+--- `<client id>:<runId>` of the last result written to the results buffer
+--- (run ids start again when the server restarts; client ids do not).
 local last_shown
 
 local function notify(msg, level)
   vim.notify("sqlrs: " .. msg, level or vim.log.levels.INFO)
 end
 
---- Writes a run result into the results buffer (once per run: it arrives both
---- as the command's reply and as `sqlrs/results`).
-function M.show_result(payload)
-  if payload.runId ~= nil and payload.runId == last_shown then
+--- Writes a run result of client `client_id` into the results buffer (once
+--- per run: it arrives both as the command's reply and as `sqlrs/results`).
+function M.show_result(payload, client_id)
+  local key = string.format("%s:%s", client_id, payload.runId)
+  if key == last_shown then
     return
   end
-  last_shown = payload.runId
+  last_shown = key
   results.show(render.result(payload), M.options.results)
 end
 
@@ -94,9 +96,9 @@ function M.statusline()
   return vim.g.sqlrs_status or ""
 end
 
-local function on_results(_, payload)
+local function on_results(_, payload, ctx)
   vim.schedule(function()
-    M.show_result(payload)
+    M.show_result(payload, ctx.client_id)
   end)
 end
 
@@ -184,7 +186,9 @@ function M.run()
     line = line,
   }, function(result)
     if type(result) == "table" and result.runId then
-      M.show_result(result)
+      vim.schedule(function()
+        M.show_result(result, client.id)
+      end)
     end
   end, bufnr)
 end
