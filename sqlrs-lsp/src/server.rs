@@ -777,8 +777,9 @@ impl Inner {
                 })?
             }
             None => {
-                let projects = self.projects.lock().unwrap();
-                let roots: Vec<&PathBuf> = projects.keys().collect();
+                let watchers = self.watchers.lock().unwrap();
+                let mut roots: Vec<&PathBuf> = watchers.keys().collect();
+                roots.sort();
                 match roots.as_slice() {
                     [one] => (*one).clone(),
                     [] => {
