@@ -2,7 +2,9 @@
 //! (sqlrsd is started when none answers) and the few calls the editor needs.
 
 use std::collections::HashMap;
+use std::fs::TryLockError;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use sqlrs_proto::client::{self, Client, ConnectError};
 use sqlrs_proto::paths::Locations;
@@ -13,6 +15,9 @@ use sqlrs_proto::pb::{
 };
 use tokio::sync::{Mutex, watch};
 use tonic::Streaming;
+
+/// How long a stopping daemon may take to be gone.
+const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -27,6 +32,8 @@ pub enum DaemonError {
     PrepareFailed { alias: String, error: JobError },
     #[error("preparing {alias} was cancelled")]
     Cancelled { alias: String },
+    #[error("sqlrsd (pid {pid}) has not stopped {}s after being asked to; see its log {}", STOP_TIMEOUT.as_secs(), log.display())]
+    NotStopping { pid: u32, log: PathBuf },
     #[error(
         "sqlrsd ended the prepare of {alias} before it finished; `sqlrs ls --jobs` shows how it ended"
     )]
@@ -212,17 +219,20 @@ impl Daemon {
             .collect())
     }
 
-    /// Stops the daemon if one runs; the next call starts a new one.
+    /// Stops the daemon if one runs and waits until it is gone (its socket
+    /// quiet, its store lock released); the next call starts a new one.
+    /// Other calls wait meanwhile, so that none starts a daemon too early.
     pub async fn shutdown(&self) -> Result<(), DaemonError> {
+        let mut cached = self.client.lock().await;
+        *cached = None;
         let conn = match client::connect(&self.locations).await {
             Ok(conn) => conn,
             Err(ConnectError::NotRunning { .. }) => return Ok(()),
             Err(e) => return Err(e.into()),
         };
+        let pid = conn.health.pid;
         let mut client = conn.client;
-        let result = client.shutdown(ShutdownRequest {}).await;
-        self.reset().await;
-        match result {
+        match client.shutdown(ShutdownRequest {}).await {
             // The daemon may close the connection before it answers.
             Err(status)
                 if !matches!(
@@ -230,10 +240,33 @@ impl Daemon {
                     tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled
                 ) =>
             {
-                Err(status.into())
+                return Err(status.into());
             }
-            _ => Ok(()),
+            _ => {}
         }
+        let asked = Instant::now();
+        while !matches!(
+            client::connect(&self.locations).await,
+            Err(ConnectError::NotRunning { .. })
+        ) || !store_free(&self.locations.daemon_lock_path())
+        {
+            if asked.elapsed() > STOP_TIMEOUT {
+                return Err(DaemonError::NotStopping {
+                    pid,
+                    log: self.locations.log_path(),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(())
+    }
+}
+
+/// Whether no daemon holds the store lock (a shared lock is refused while one does).
+fn store_free(lock_path: &Path) -> bool {
+    match std::fs::File::open(lock_path) {
+        Ok(file) => !matches!(file.try_lock_shared(), Err(TryLockError::WouldBlock)),
+        Err(_) => true,
     }
 }
 

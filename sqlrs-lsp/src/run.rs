@@ -2,13 +2,16 @@
 //! so that rows past the limit are counted but not kept, with notices,
 //! errors (SQLSTATE, position) and cancellation.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures_util::{StreamExt, pin_mut};
 use tokio::sync::{mpsc, watch};
 use tokio_postgres::{AsyncMessage, NoTls, SimpleQueryMessage};
 
 use crate::ext::{Column, Notice, ResultSet};
+
+/// How often a cancel request is repeated while the statement still runs.
+const CANCEL_RETRY: Duration = Duration::from_millis(500);
 
 /// What running a statement gave.
 #[derive(Debug, Default)]
@@ -87,13 +90,32 @@ pub async fn run(dsn: &str, sql: &str, row_limit: usize, cancel: watch::Receiver
             }
         }
     });
+    if *cancel.borrow() {
+        return Outcome {
+            error: Some(SqlError {
+                message: "cancelled before it was sent".into(),
+                code: None,
+                detail: None,
+                hint: None,
+                position: None,
+            }),
+            ..Outcome::default()
+        };
+    }
     let token = client.cancel_token();
     let canceller = tokio::spawn(async move {
         let mut cancel = cancel;
-        if cancel.wait_for(|c| *c).await.is_ok()
-            && let Err(e) = token.cancel_query(NoTls).await
-        {
-            tracing::warn!("cannot cancel the statement: {e}");
+        if cancel.wait_for(|c| *c).await.is_err() {
+            return;
+        }
+        // A cancel request that reaches the server before the statement
+        // does is lost: ask again until the statement ends (this task is
+        // then stopped).
+        loop {
+            if let Err(e) = token.cancel_query(NoTls).await {
+                tracing::warn!("cannot cancel the statement: {e}");
+            }
+            tokio::time::sleep(CANCEL_RETRY).await;
         }
     });
     let started = Instant::now();

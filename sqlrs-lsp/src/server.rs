@@ -244,8 +244,10 @@ impl LanguageServer for Server {
     }
 
     async fn did_change_configuration(&self, params: DidChangeConfigurationParams) {
-        let settings = Settings::from_json(&json!({ "settings": params.settings }));
-        *self.inner.settings.write().unwrap() = settings;
+        // Clients that pull configuration send null here: keep what we have.
+        if params.settings.is_object() {
+            *self.inner.settings.write().unwrap() = Settings::from_json(&params.settings);
+        }
     }
 
     async fn did_open(&self, params: DidOpenTextDocumentParams) {
@@ -392,7 +394,22 @@ impl LanguageServer for Server {
                 serde_json::to_value(inner.cancel(params.run_id.as_deref()))
             }
             ext::CMD_RESTART_DAEMON => {
-                inner.daemon.shutdown().await?;
+                // Open status streams would keep the daemon from stopping.
+                let roots: Vec<PathBuf> = {
+                    let mut watchers = inner.watchers.lock().unwrap();
+                    watchers
+                        .drain()
+                        .map(|(root, task)| {
+                            task.abort();
+                            root
+                        })
+                        .collect()
+                };
+                let stopped = inner.daemon.shutdown().await;
+                for root in roots {
+                    inner.watch(root);
+                }
+                stopped?;
                 inner
                     .client
                     .show_message(

@@ -202,6 +202,7 @@ async fn statements_run_on_instances_of_the_alias() {
     eprintln!("select 1 from executeCommand to result, warm instance (ms): {times:.1?}");
 
     // Cancelling a long statement.
+    env.wait_warm(BUILD).await;
     let pending = lsp
         .start_request(
             "sqlrs/execute",
@@ -290,6 +291,44 @@ async fn the_alias_must_be_known() {
             "{params}: {err}"
         );
     }
+    // The setting picks one.
+    lsp.notify(
+        "workspace/didChangeConfiguration",
+        json!({"settings": {"sqlrs": {"defaultAlias": "b"}}}),
+    )
+    .await;
+    let ran = tokio::time::timeout(
+        BUILD,
+        lsp.request("sqlrs/execute", json!({"uri": q, "line": 0})),
+    )
+    .await
+    .expect("the run finishes")
+    .unwrap();
+    assert_eq!(
+        (&ran["alias"], &ran["results"][0]["command"]),
+        (&json!("b"), &json!("SELECT 1"))
+    );
+
+    // Restarting the daemon: the next request starts it again.
+    let before = env.daemon_pid().await;
+    let stopped = lsp
+        .request(
+            "workspace/executeCommand",
+            json!({"command": "sqlrs.restartDaemon"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(stopped, json!({"stopped": true}));
+    let ran = tokio::time::timeout(
+        BUILD,
+        lsp.request("sqlrs/execute", json!({"uri": q, "line": 0})),
+    )
+    .await
+    .expect("the run after the restart finishes")
+    .unwrap();
+    assert_eq!(ran["results"][0]["rows"], json!([["1"]]));
+    assert_ne!(env.daemon_pid().await, before, "a new daemon answers");
+
     let plan = lsp
         .request(
             "workspace/executeCommand",
@@ -300,15 +339,16 @@ async fn the_alias_must_be_known() {
     assert_eq!(plan["alias"], "b");
     assert_eq!(plan["steps"].as_array().unwrap().len(), 1, "{plan}");
     let shown = lsp
-        .wait_for("the plan message", Duration::from_secs(5), |m| {
+        .seen_or_wait("the plan message", Duration::from_secs(5), |m| {
             m["method"] == "window/showMessage"
+                && m["params"]["message"]
+                    .as_str()
+                    .is_some_and(|t| t.starts_with("b: "))
         })
         .await;
-    assert!(
-        shown["params"]["message"]
-            .as_str()
-            .unwrap()
-            .starts_with("b: 1 steps"),
+    assert_eq!(
+        shown["params"]["message"].as_str().unwrap().lines().count(),
+        2,
         "{shown}"
     );
     lsp.finish().await;

@@ -144,6 +144,15 @@ impl Env {
             .collect()
     }
 
+    /// The running daemon's pid.
+    pub async fn daemon_pid(&self) -> u32 {
+        client::connect(&self.locations)
+            .await
+            .expect("daemon runs")
+            .health
+            .pid
+    }
+
     /// Waits until the warm pool has an instance ready and starts none.
     pub async fn wait_warm(&self, timeout: Duration) {
         let mut conn = client::connect(&self.locations).await.expect("daemon runs");
