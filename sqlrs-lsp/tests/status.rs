@@ -177,6 +177,25 @@ async fn status_lenses_diagnostics_progress_and_hover() {
             .await
             .starts_with("sqlrs: cached · ")
     );
+
+    // Closing the workspace folder drops its lenses; opening it again brings them back.
+    let folder = json!([{"uri": format!("file://{}", env.ws.display()), "name": "ws"}]);
+    lsp.notify(
+        "workspace/didChangeWorkspaceFolders",
+        json!({"event": {"added": [], "removed": folder}}),
+    )
+    .await;
+    let titles = lsp.lens_titles(&schema).await;
+    assert_eq!(titles, ["▶ Run"]);
+    lsp.notify(
+        "workspace/didChangeWorkspaceFolders",
+        json!({"event": {"added": folder, "removed": []}}),
+    )
+    .await;
+    lsp.wait_lens(&schema, Duration::from_secs(10), |t| {
+        t.starts_with("sqlrs: cached")
+    })
+    .await;
     lsp.finish().await;
 }
 
