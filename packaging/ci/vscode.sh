@@ -2,18 +2,36 @@
 # The sqlrs VS Code extension in CI: installs its npm dependencies from the lock file, runs its
 # unit tests, bundles it and packages it as a .vsix with vsce.
 #
-#   packaging/ci/vscode.sh
+#   packaging/ci/vscode.sh [--e2e]
+#
+# --e2e also runs the end-to-end test: the packaged extension in code-server 4.100.3 (installed
+# from npm into $SQLRS_CI_DIR/code-server, default /tmp/sqlrs-ci), driven by Debian's headless
+# Chromium through playwright-core, against a stand-in server (editors/vscode/e2e/fake-server.js).
+# As root it installs what that needs with apt-get (chromium, libkrb5-dev, ripgrep).
 #
 # Works from a clean checkout (editors/vscode/ relative to this script); needs Node 18+ and npm.
 # Prints the path of the .vsix on stdout as its last line; progress goes to stderr.
 # Exits non-zero on any failure.
 set -euo pipefail
 
+CODE_SERVER_VERSION="4.100.3"
+RIPGREP_CACHE="vscode-ripgrep-cache-1.15.11/ripgrep-v13.0.0-10-x86_64-unknown-linux-musl.tar.gz"
+
 log() { echo "vscode.sh: $*" >&2; }
 die() {
     echo "vscode.sh: $*" >&2
     exit 1
 }
+
+E2E=0
+case "${1:-}" in
+"") ;;
+--e2e) E2E=1 ;;
+*)
+    echo "usage: $0 [--e2e]" >&2
+    exit 2
+    ;;
+esac
 
 EXT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../../editors/vscode" && pwd)"
 
@@ -23,6 +41,44 @@ for tool in node npm; do
 done
 major="$(node -p 'process.versions.node.split(".")[0]')"
 [ "$major" -ge 18 ] || die "Node.js $(node --version) is too old: the extension needs Node.js 18 or later"
+
+# Installs Debian packages for the end-to-end test when their command is missing.
+ensure_packages() {
+    local missing=()
+    command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+    command -v rg >/dev/null 2>&1 || missing+=(ripgrep)
+    dpkg -s libkrb5-dev >/dev/null 2>&1 || missing+=(libkrb5-dev)
+    [ ${#missing[@]} -eq 0 ] && return
+    [ "$(id -u)" -eq 0 ] || die "the end-to-end test needs ${missing[*]}: install them (Debian: sudo apt-get install -y ${missing[*]}) and run again"
+    log "installing ${missing[*]} with apt-get"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq >&2
+    apt-get install -y -qq "${missing[@]}" >&2 || die "apt-get could not install ${missing[*]}"
+}
+
+# Installs code-server into $1 (idempotent) and prints the path of its launcher.
+ensure_code_server() {
+    local dir="$1" launcher="$1/node_modules/.bin/code-server"
+    if [ -x "$launcher" ] && "$launcher" --config "$dir/config.yaml" --version 2>/dev/null | grep -q "^$CODE_SERVER_VERSION "; then
+        echo "$launcher"
+        return
+    fi
+    mkdir -p "$dir"
+    # code-server's postinstall fetches ripgrep unless its cache already holds it: seed it from Debian's rg.
+    local tmp="${TMPDIR:-/tmp}" stage
+    mkdir -p "$tmp/$(dirname "$RIPGREP_CACHE")"
+    stage="$(mktemp -d)"
+    cp "$(command -v rg)" "$stage/rg"
+    tar -C "$stage" -czf "$tmp/$RIPGREP_CACHE" rg
+    rm -rf "$stage"
+    log "installing code-server $CODE_SERVER_VERSION into $dir"
+    [ -f "$dir/package.json" ] || echo '{"private": true}' >"$dir/package.json"
+    (cd "$dir" && npm_config_unsafe_perm=true npm_config_yes=true \
+        npm install --no-audit --no-fund "code-server@$CODE_SERVER_VERSION" >&2) ||
+        die "npm could not install code-server@$CODE_SERVER_VERSION into $dir"
+    [ -x "$launcher" ] || die "code-server was installed, but $launcher is missing"
+    echo "$launcher"
+}
 
 cd "$EXT"
 log "npm ci in $EXT"
@@ -36,12 +92,18 @@ npm run package >&2
 version="$(node -p 'require("./package.json").version')"
 vsix="$EXT/sqlrs-$version.vsix"
 [ -s "$vsix" ] || die "npm run package did not produce $vsix"
+listing="$(unzip -l "$vsix" 2>/dev/null || python3 -m zipfile -l "$vsix")" ||
+    die "could not list $vsix (install unzip or python3)"
 log "files in $vsix:"
-node_modules/.bin/vsce ls --tree --no-dependencies >&2 ||
-    die "vsce ls could not list the files of the package"
-listing="$(unzip -l "$vsix" 2>/dev/null || python3 -m zipfile -l "$vsix")"
 echo "$listing" >&2
 for file in extension/package.json extension/dist/extension.js extension/readme.md; do
     grep -q "$file" <<<"$listing" || die "$vsix lacks $file"
 done
+
+if [ "$E2E" -eq 1 ]; then
+    ensure_packages
+    CODE_SERVER="$(ensure_code_server "${SQLRS_CI_DIR:-/tmp/sqlrs-ci}/code-server")"
+    log "end-to-end test in code-server ($CODE_SERVER)"
+    CODE_SERVER="$CODE_SERVER" CHROMIUM="$(command -v chromium)" npm run e2e >&2
+fi
 echo "$vsix"

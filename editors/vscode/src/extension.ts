@@ -3,7 +3,6 @@ import * as crypto from "node:crypto";
 import * as fs from "node:fs";
 import * as vscode from "vscode";
 import {
-  CancellationTokenSource,
   DidChangeConfigurationNotification,
   ExecuteCommandRequest,
   LanguageClient,
@@ -81,6 +80,10 @@ class ResultsView implements vscode.WebviewViewProvider {
     }
   }
 
+  shows(runId: string): boolean {
+    return this.state.kind === "result" && this.state.run.runId === runId;
+  }
+
   /** Shows another page of result set `result` of the current run. */
   page(result: number, page: number): void {
     if (this.state.kind !== "result") {
@@ -106,7 +109,9 @@ class ResultsView implements vscode.WebviewViewProvider {
 class Extension {
   private client: SqlrsClient | undefined;
   private discovery: Discovery | undefined;
-  private pending: CancellationTokenSource | undefined;
+  /** Id of the run this window started and waits for. */
+  private pending: string | undefined;
+  private runs = 0;
   private readonly board = new StatusBoard();
   private readonly statusItem = vscode.window.createStatusBarItem(vscode.StatusBarAlignment.Left, 50);
   private readonly output = vscode.window.createOutputChannel("sqlrs");
@@ -122,8 +127,8 @@ class Extension {
       }),
       vscode.commands.registerCommand(CMD_RUN_STATEMENT, (args?: RunStatementArgs) => this.runStatement(args)),
       vscode.commands.registerCommand(CMD_CANCEL, (args?: CancelParams) => this.cancel(args)),
-      vscode.commands.registerCommand(CMD_PREPARE, (args?: AliasArgs) => this.serverCommand(CMD_PREPARE, [args ?? {}])),
-      vscode.commands.registerCommand(CMD_SHOW_PLAN, (args?: AliasArgs) => this.serverCommand(CMD_SHOW_PLAN, [args ?? {}])),
+      vscode.commands.registerCommand(CMD_PREPARE, (args?: AliasArgs) => this.serverCommand(CMD_PREPARE, [aliasArgs(args)])),
+      vscode.commands.registerCommand(CMD_SHOW_PLAN, (args?: AliasArgs) => this.serverCommand(CMD_SHOW_PLAN, [aliasArgs(args)])),
       vscode.commands.registerCommand(CMD_RESTART_DAEMON, () => this.serverCommand(CMD_RESTART_DAEMON, [])),
       vscode.workspace.onDidChangeConfiguration((e) => this.onConfigurationChanged(e)),
     );
@@ -156,7 +161,13 @@ class Extension {
       outputChannel: this.output,
     };
     const client = new SqlrsClient("sqlrs", "sqlrs", serverOptions, clientOptions);
-    client.onNotification(RESULTS, (run: RunResult) => this.showRun(run));
+    // Every finished run, also those other clients or server commands started; while this window waits
+    // for its own run, others do not replace it.
+    client.onNotification(RESULTS, (run: RunResult) => {
+      if (this.pending === undefined || this.pending === run.runId) {
+        this.showRun(run);
+      }
+    });
     client.onNotification(FILE_STATUS, (status: FileStatus) => {
       this.board.update(status);
       this.updateStatusBar();
@@ -171,7 +182,7 @@ class Extension {
   }
 
   async stop(): Promise<void> {
-    this.pending?.cancel();
+    this.pending = undefined;
     const client = this.client;
     this.client = undefined;
     this.board.clear();
@@ -191,47 +202,51 @@ class Extension {
       return;
     }
     const config = vscode.workspace.getConfiguration(SETTINGS_SECTION);
+    const runId = `vscode-${process.pid}-${++this.runs}`;
     const params: ExecuteParams = {
       uri: target.uri,
       line: target.line,
       alias: nonEmpty(config.get<string>("defaultAlias")),
       instanceName: nonEmpty(config.get<string>("instanceName")),
+      runId,
     };
-    this.pending?.cancel();
-    const source = new CancellationTokenSource();
-    this.pending = source;
+    this.pending = runId;
     const label = `${vscode.Uri.parse(target.uri).path.split("/").pop()}:${target.line + 1}`;
     this.results.show({ kind: "running", label });
     try {
-      const run = await client.sendRequest<RunResult>(EXECUTE, params, source.token);
-      this.showRun(run);
+      const run = await client.sendRequest<RunResult>(EXECUTE, params);
+      if (this.pending === runId) {
+        this.showRun(run);
+      }
     } catch (error) {
-      const message = source.token.isCancellationRequested ? "Cancelled." : errorMessage(error);
-      if (this.pending === source) {
-        this.results.show({ kind: "failed", label, message });
+      if (this.pending === runId) {
+        this.results.show({ kind: "failed", label, message: errorMessage(error) });
       }
     } finally {
-      if (this.pending === source) {
+      if (this.pending === runId) {
         this.pending = undefined;
       }
-      source.dispose();
     }
   }
 
+  /** Cancels `args.runId`, else the run this window started; the run's result then shows the cancellation. */
   private async cancel(args?: CancelParams): Promise<void> {
     const client = this.requireClient();
     if (!client) {
       return;
     }
-    if (args?.runId) {
-      const reply = await client.sendRequest<CancelResult>(CANCEL, { runId: args.runId } satisfies CancelParams);
-      if (!reply.cancelled) {
-        void vscode.window.showInformationMessage(`sqlrs: run ${args.runId} was not running.`);
-      }
-    } else if (this.pending) {
-      this.pending.cancel();
-    } else {
+    const runId = args?.runId ?? this.pending;
+    if (!runId) {
       void vscode.window.showInformationMessage("sqlrs: no statement is running.");
+      return;
+    }
+    try {
+      const reply = await client.sendRequest<CancelResult>(CANCEL, { runId } satisfies CancelParams);
+      if (!reply.cancelled) {
+        void vscode.window.showInformationMessage(`sqlrs: run ${runId} is not running any more.`);
+      }
+    } catch (error) {
+      void vscode.window.showErrorMessage(`sqlrs: could not cancel run ${runId}: ${errorMessage(error)}`);
     }
   }
 
@@ -248,7 +263,11 @@ class Extension {
     }
   }
 
+  /** Shows a finished run, unless the view shows it already (it arrives as reply and as notification). */
   private showRun(run: RunResult): void {
+    if (this.results.shows(run.runId)) {
+      return;
+    }
     this.results.show({ kind: "result", run, pages: run.results.map(() => 0) });
   }
 
@@ -329,6 +348,15 @@ function cursorTarget(): RunStatementArgs | undefined {
     return undefined;
   }
   return { uri: editor.document.uri.toString(), line: editor.selection.active.line };
+}
+
+/** The alias arguments of a lens, or the active document (which picks the workspace) for the palette. */
+function aliasArgs(args?: AliasArgs): AliasArgs {
+  if (args && (args.alias !== undefined || args.uri !== undefined)) {
+    return args;
+  }
+  const uri = vscode.window.activeTextEditor?.document.uri;
+  return uri?.scheme === "file" ? { uri: uri.toString() } : {};
 }
 
 function isExecutable(file: string): boolean {

@@ -70,11 +70,13 @@ export interface RunStatementArgs {
 /** Arguments of `sqlrs.prepare` and `sqlrs.showPlan`. */
 export interface AliasArgs {
   alias?: string;
+  /** The document the command comes from: picks the workspace. */
+  uri?: string;
 }
 
-/** Arguments of `sqlrs.cancel` and params of `sqlrs/cancel`. */
+/** Arguments of `sqlrs.cancel` and params of `sqlrs/cancel`; no `runId` cancels every running run. */
 export interface CancelParams {
-  runId: string;
+  runId?: string;
 }
 
 export interface CancelResult {
@@ -87,11 +89,14 @@ export interface ExecuteParams {
   line: number;
   alias?: string | null;
   instanceName?: string | null;
+  /** The id the run gets, so the client can cancel it before the result arrives. */
+  runId?: string;
 }
 
 export interface Column {
   name: string;
-  type: string;
+  /** Type name, e.g. `int4`; absent when it could not be described. */
+  type?: string | null;
 }
 
 /** One result set; values are PostgreSQL's text form, `null` is SQL NULL. */
@@ -100,7 +105,7 @@ export interface ResultSet {
   rows: (string | null)[][];
   rowCount: number;
   truncated: boolean;
-  command: string | null;
+  command?: string | null;
 }
 
 export interface Notice {
@@ -110,7 +115,11 @@ export interface Notice {
 
 export interface RunError {
   message: string;
+  /** SQLSTATE; absent when the error did not come from PostgreSQL. */
   code?: string | null;
+  detail?: string | null;
+  hint?: string | null;
+  /** Where in the document PostgreSQL pointed. */
   position?: Position | null;
 }
 
@@ -123,6 +132,8 @@ export interface RunResult {
   alias: string;
   stateId: string | null;
   instanceId: string | null;
+  /** Set when the run used a named instance. */
+  instanceName?: string | null;
   elapsedMs: number;
   results: ResultSet[];
   notices: Notice[];

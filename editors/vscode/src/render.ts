@@ -97,7 +97,9 @@ function renderHeader(run: RunResult): string {
       ? `<span title="state ${escapeHtml(run.stateId)}">state <code>${escapeHtml(run.stateId.slice(0, 12))}</code></span>`
       : `<span>no state</span>`,
   ];
-  if (run.instanceId) {
+  if (run.instanceName) {
+    items.push(`<span title="named instance">instance <b>${escapeHtml(run.instanceName)}</b></span>`);
+  } else if (run.instanceId) {
     items.push(`<span title="instance">instance <code>${escapeHtml(run.instanceId)}</code></span>`);
   }
   items.push(`<span title="elapsed">${escapeHtml(formatElapsed(run.elapsedMs))}</span>`);
@@ -110,7 +112,11 @@ function renderError(error: RunError): string {
   const position = error.position
     ? ` <span class="position">at line ${error.position.line + 1}, column ${error.position.character + 1}</span> ${button({ type: "reveal" }, "Go to position")}`
     : "";
-  return `<div class="error"><b>ERROR</b>${code}: ${escapeHtml(error.message)}${position}</div>`;
+  const extra = [
+    error.detail ? `<div class="detail">DETAIL: ${escapeHtml(error.detail)}</div>` : "",
+    error.hint ? `<div class="detail">HINT: ${escapeHtml(error.hint)}</div>` : "",
+  ].join("");
+  return `<div class="error"><b>ERROR</b>${code}: ${escapeHtml(error.message)}${position}${extra}</div>`;
 }
 
 function renderNotices(notices: Notice[]): string {
@@ -127,7 +133,7 @@ function renderResultSet(set: ResultSet, index: number, requestedPage: number, p
   const start = page * pageSize;
   const rows = set.rows.slice(start, start + pageSize);
   const head = set.columns
-    .map((c) => `<th>${escapeHtml(c.name)}<span class="type">${escapeHtml(c.type)}</span></th>`)
+    .map((c) => `<th>${escapeHtml(c.name)}${c.type ? `<span class="type">${escapeHtml(c.type)}</span>` : ""}</th>`)
     .join("");
   const body = rows
     .map((row) => `<tr>${row.map((v) => (v === null ? `<td class="null">NULL</td>` : `<td>${escapeHtml(v)}</td>`)).join("")}</tr>`)
@@ -178,6 +184,7 @@ body { font-family: var(--vscode-font-family); font-size: var(--vscode-font-size
 .header { color: var(--vscode-descriptionForeground); margin-bottom: 4px; }
 pre.sql { font-family: var(--vscode-editor-font-family); background: var(--vscode-textCodeBlock-background); padding: 4px 8px; margin: 4px 0; white-space: pre-wrap; }
 .error { color: var(--vscode-errorForeground); margin: 4px 0; }
+.detail { margin-top: 2px; }
 .notices { margin: 4px 0; padding-left: 18px; color: var(--vscode-descriptionForeground); }
 .result { margin: 8px 0; }
 .meta { margin-bottom: 4px; }

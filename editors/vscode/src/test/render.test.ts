@@ -67,6 +67,8 @@ test("header shows file, alias, short state id, instance, elapsed time and run i
   }
   assert.ok(html.includes(`<pre class="sql">select * from item\nwhere v &gt; 1;</pre>`));
   assert.ok(renderRun(run({ stateId: null, instanceId: null }), [0]).includes("no state"));
+  const named = renderRun(run({ instanceName: "dev" }), [0]);
+  assert.ok(named.includes("instance <b>dev</b>") && !named.includes("e66f35298eb874e7"), "a named instance shows its name");
 });
 
 test("SQL NULL is distinct from the text NULL", () => {
@@ -130,6 +132,11 @@ test("an error shows SQLSTATE and its 1-based position with a button to go there
   assert.ok(html.includes("at line 12, column 15"));
   assert.ok(html.includes(`{&quot;type&quot;:&quot;reveal&quot;}`));
   assert.ok(!html.includes("returned no result"));
+  const detailed = renderRun(
+    run({ results: [], error: { message: "m", code: "23505", detail: "Key (id)=(1) <exists>.", hint: "use ON CONFLICT", position: null } }),
+    [],
+  );
+  assert.ok(detailed.includes("DETAIL: Key (id)=(1) &lt;exists&gt;.") && detailed.includes("HINT: use ON CONFLICT"), detailed);
   const bare = renderRun(run({ results: [], error: { message: "connection lost" } }), []);
   assert.ok(bare.includes("<b>ERROR</b>: connection lost"));
   assert.ok(!bare.includes("reveal"));
@@ -162,6 +169,8 @@ test("several result sets render in order, each with its command tag and own pag
   assert.deepEqual([...order].sort((a, b) => a - b), order);
   assert.ok(html.includes(`&quot;result&quot;:1,&quot;page&quot;:0`), "pager of the second set");
   assert.ok(html.includes(`<th>b<span class="type">jsonb</span></th>`));
+  const untyped = renderRun(run({ results: [{ columns: [{ name: "x", type: null }], rows: [["1"]], rowCount: 1, truncated: false, command: "SELECT 1" }] }), [0]);
+  assert.ok(untyped.includes("<th>x</th>"), "a column without a type name");
 });
 
 test("a statement without result says so", () => {
