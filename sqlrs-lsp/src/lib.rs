@@ -2,6 +2,7 @@
 //! over stdio; tests drive it in-process). A thin adaptor over the sqlrsd
 //! API: only this crate knows LSP types.
 
+mod commands;
 pub mod daemon;
 pub mod ext;
 pub mod plan;
@@ -11,5 +12,6 @@ pub mod settings;
 pub mod split;
 pub mod status;
 pub mod text;
+mod workspaces;
 
 pub use server::{Config, Server, service};
