@@ -1,6 +1,6 @@
-//! The language server: one small handler per LSP method; workspace status
-//! from the daemon's `WatchProject` streams, statement runs on instances the
-//! daemon hands out.
+//! The language server's state and its LSP handlers, one small handler per
+//! method; following workspaces lives in `workspaces`, the commands (runs,
+//! prepare, plan) in `commands`.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
