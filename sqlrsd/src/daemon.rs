@@ -148,6 +148,9 @@ pub async fn run(loc: Locations) -> Result<(), DaemonError> {
     let socket = loc.socket_path();
     let listener = transport::bind(&socket).map_err(io(&socket))?;
     let (shutdown_tx, mut shutdown_rx) = watch::channel(false);
+    // Cancelled when shutdown begins: open streams end, so the server's
+    // graceful shutdown does not wait for them.
+    let closing = tokio_util::sync::CancellationToken::new();
     let service = Service::new(
         engine.clone(),
         projects.clone(),
@@ -158,21 +161,31 @@ pub async fn run(loc: Locations) -> Result<(), DaemonError> {
         },
         token,
         shutdown_tx,
+        closing.clone(),
     );
     tracing::info!(
         pid = std::process::id(),
         "listening on {}",
         socket.display()
     );
-    let stop = async move {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("SIGTERM handler");
-        tokio::select! {
-            _ = shutdown_rx.wait_for(|v| *v) => {}
-            _ = term.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
+    let stop = {
+        let engine = engine.clone();
+        async move {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("SIGTERM handler");
+            tokio::select! {
+                _ = shutdown_rx.wait_for(|v| *v) => {}
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            tracing::info!("shutting down");
+            closing.cancel();
+            // Their event streams end with them.
+            for id in engine.jobs.live_ids() {
+                engine.jobs.cancel(&id);
+            }
         }
-        tracing::info!("shutting down");
     };
     tonic::transport::Server::builder()
         .add_service(

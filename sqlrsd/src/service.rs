@@ -32,6 +32,8 @@ pub struct Service {
     info: DaemonInfo,
     token: String,
     shutdown: watch::Sender<bool>,
+    /// Cancelled when the daemon begins to shut down.
+    closing: tokio_util::sync::CancellationToken,
 }
 
 impl Service {
@@ -41,6 +43,7 @@ impl Service {
         info: DaemonInfo,
         token: String,
         shutdown: watch::Sender<bool>,
+        closing: tokio_util::sync::CancellationToken,
     ) -> Self {
         Self {
             engine,
@@ -48,6 +51,7 @@ impl Service {
             info,
             token,
             shutdown,
+            closing,
         }
     }
 
@@ -714,10 +718,26 @@ impl Sqlrs for Service {
         let path = std::path::PathBuf::from(req.into_inner().path);
         let rx = self.projects.register(&path).await?;
         // The current status first, then every change; the stream ends when
-        // the workspace is no longer watched.
-        let stream = tokio_stream::wrappers::WatchStream::new(rx);
-        let stream = tokio_stream::StreamExt::map(stream, |v| Ok(pb_project(&v)));
-        Ok(Response::new(Box::pin(stream)))
+        // the workspace is no longer watched or the daemon shuts down.
+        let (tx, out) = tokio::sync::mpsc::channel(16);
+        let closing = self.closing.clone();
+        tokio::spawn(async move {
+            let mut rx = rx;
+            loop {
+                let view = pb_project(&rx.borrow_and_update());
+                if tx.send(Ok(view)).await.is_err() {
+                    return;
+                }
+                tokio::select! {
+                    changed = rx.changed() => if changed.is_err() { return },
+                    () = closing.cancelled() => return,
+                    () = tx.closed() => return,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(out),
+        )))
     }
 
     async fn shutdown(

@@ -375,3 +375,35 @@ fn a_prepare_joins_the_prebuild_of_its_state() {
         .collect();
     assert_eq!(builds.len(), 1, "the state was built once: {builds:#?}");
 }
+
+#[test]
+fn stopping_the_daemon_ends_open_workspace_streams() {
+    let sb = Sandbox::new(Backend::Copy);
+    workspace(&sb);
+    let mut follow = sb
+        .sqlrs_command(&["watch", "--follow"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("sqlrs watch --follow starts");
+    wait_for("the workspace to be watched", 30, || {
+        let a = alias_status(&sb);
+        if a.is_null() {
+            Err(a.to_string())
+        } else {
+            Ok(())
+        }
+    });
+    let started = Instant::now();
+    sb.sqlrs_ok(&["daemon", "stop"]);
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "stop waited {:?} for the open stream",
+        started.elapsed()
+    );
+    let ended = wait_for("the follower to end", 10, || match follow.try_wait() {
+        Ok(Some(status)) => Ok(status),
+        other => Err(format!("{other:?}")),
+    });
+    assert!(!ended.success(), "the follower reports the stream's end");
+}
