@@ -4,10 +4,16 @@
 #
 #   packaging/ci/vscode.sh [--e2e]
 #
-# --e2e also runs the end-to-end test: the packaged extension in code-server 4.100.3 (installed
+# --e2e also runs the end-to-end tests: the packaged extension in code-server 4.100.3 (installed
 # from npm into $SQLRS_CI_DIR/code-server, default /tmp/sqlrs-ci), driven by Debian's headless
-# Chromium through playwright-core, against a stand-in server (editors/vscode/e2e/fake-server.js).
-# As root it installs what that needs with apt-get (chromium, libkrb5-dev, ripgrep).
+# Chromium through playwright-core,
+#   - e2e/fake.mjs against a stand-in server (editors/vscode/e2e/fake-server.js) that logs what the
+#     extension sends: settings propagation, run ids, paging, cancellation, discovery errors;
+#   - e2e/real.mjs against the real sqlrs-lsp ($SQLRS_LSP_BIN, default target/debug/sqlrs-lsp, with
+#     sqlrsd and sqlrs beside it: run `cargo build --workspace` first), an isolated daemon in a
+#     temporary directory and PostgreSQL 15 (/usr/lib/postgresql/15/bin): status lens, status bar,
+#     Run results, SQLSTATE, build-error diagnostics after edits in the editor and on disk.
+# As root it installs what the browser side needs with apt-get (chromium, libkrb5-dev, ripgrep).
 #
 # Works from a clean checkout (editors/vscode/ relative to this script); needs Node 18+ and npm.
 # Prints the path of the .vsix on stdout as its last line; progress goes to stderr.
@@ -33,7 +39,14 @@ case "${1:-}" in
     ;;
 esac
 
-EXT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../../editors/vscode" && pwd)"
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+EXT="$REPO/editors/vscode"
+LSP_BIN="${SQLRS_LSP_BIN:-$REPO/target/debug/sqlrs-lsp}"
+case "$LSP_BIN" in
+/*) ;;
+*) LSP_BIN="$PWD/$LSP_BIN" ;;
+esac
+PG_BIN="/usr/lib/postgresql/15/bin"
 
 for tool in node npm; do
     command -v "$tool" >/dev/null 2>&1 ||
@@ -41,6 +54,18 @@ for tool in node npm; do
 done
 major="$(node -p 'process.versions.node.split(".")[0]')"
 [ "$major" -ge 18 ] || die "Node.js $(node --version) is too old: the extension needs Node.js 18 or later"
+
+# Fails early, before anything is installed, when the real-server test cannot run.
+check_real_server_inputs() {
+    local dir bin
+    dir="$(dirname "$LSP_BIN")"
+    for bin in "$LSP_BIN" "$dir/sqlrsd" "$dir/sqlrs"; do
+        [ -x "$bin" ] || die "$bin does not exist: run \`cargo build --workspace\` in $REPO first (or set SQLRS_LSP_BIN to a sqlrs-lsp with sqlrsd and sqlrs beside it)"
+    done
+    for bin in postgres initdb psql; do
+        [ -x "$PG_BIN/$bin" ] || die "$PG_BIN/$bin does not exist: install PostgreSQL 15 (Debian: apt-get install -y postgresql-15)"
+    done
+}
 
 # Installs Debian packages for the end-to-end test when their command is missing.
 ensure_packages() {
@@ -80,6 +105,8 @@ ensure_code_server() {
     echo "$launcher"
 }
 
+[ "$E2E" -eq 0 ] || check_real_server_inputs
+
 cd "$EXT"
 log "npm ci in $EXT"
 npm ci --no-audit --no-fund >&2
@@ -103,7 +130,7 @@ done
 if [ "$E2E" -eq 1 ]; then
     ensure_packages
     CODE_SERVER="$(ensure_code_server "${SQLRS_CI_DIR:-/tmp/sqlrs-ci}/code-server")"
-    log "end-to-end test in code-server ($CODE_SERVER)"
-    CODE_SERVER="$CODE_SERVER" CHROMIUM="$(command -v chromium)" npm run e2e >&2
+    log "end-to-end tests in code-server ($CODE_SERVER), real server $LSP_BIN"
+    CODE_SERVER="$CODE_SERVER" CHROMIUM="$(command -v chromium)" SQLRS_LSP_BIN="$LSP_BIN" npm run e2e >&2
 fi
 echo "$vsix"

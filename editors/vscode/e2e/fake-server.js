@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-// A stand-in sqlrs-lsp for the code-server end-to-end test: speaks the documented protocol over stdio with canned replies and logs what it receives.
+// A stand-in sqlrs-lsp for the code-server end-to-end test (e2e/fake.mjs): speaks the documented protocol over stdio with canned replies and logs what it receives.
 "use strict";
 const fs = require("node:fs");
 
