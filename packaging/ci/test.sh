@@ -213,7 +213,7 @@ run_check() {
 run_check "rustfmt" cargo fmt --all --check
 run_check "clippy" cargo clippy --workspace --all-targets -- -D warnings
 run_check "tests" cargo test --workspace --no-fail-fast --exclude sqlrs-e2e
-run_check "VS Code extension (unit tests, vsix)" bash packaging/ci/vscode.sh
+run_check "VS Code extension (unit tests, vsix, code-server end to end)" bash packaging/ci/vscode.sh --e2e
 e2e_started=$SECONDS
 run_check "end-to-end tests" cargo test -p sqlrs-e2e --no-fail-fast
 echo "end-to-end tests took $((SECONDS - e2e_started))s"
