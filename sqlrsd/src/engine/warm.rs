@@ -197,13 +197,7 @@ impl Engine {
             if inst.status != InstanceStatus::Warm {
                 continue;
             }
-            let alive = match self.runtimes.for_instance(&inst.runtime, &inst.image).await {
-                Ok(rt) => inst
-                    .server
-                    .as_ref()
-                    .is_some_and(|s| rt.runtime.is_running(s)),
-                Err(_) => false,
-            };
+            let alive = self.server_alive(&inst).await;
             if !alive {
                 tracing::warn!(instance = %inst.id, "a warm instance's server is gone; discarding it");
                 self.discard_instance(&inst).await;
@@ -222,6 +216,17 @@ impl Engine {
             return Some(inst);
         }
         None
+    }
+
+    /// Whether an instance's server (or container) still runs.
+    async fn server_alive(&self, inst: &InstanceRecord) -> bool {
+        match self.runtimes.for_instance(&inst.runtime, &inst.image).await {
+            Ok(rt) => inst
+                .server
+                .as_ref()
+                .is_some_and(|s| rt.runtime.is_running(s)),
+            Err(_) => false,
+        }
     }
 
     /// Starts warm instances of `state` in the background while the pool
@@ -407,13 +412,7 @@ impl Engine {
                 continue;
             }
             let pid = inst.server.as_ref().map(|s| s.pid);
-            let alive = match self.runtimes.for_instance(&inst.runtime, &inst.image).await {
-                Ok(rt) => inst
-                    .server
-                    .as_ref()
-                    .is_some_and(|s| rt.runtime.is_running(s)),
-                Err(_) => false,
-            };
+            let alive = self.server_alive(inst).await;
             if !alive || !self.is_cached_hex(&inst.state_id).unwrap_or(false) {
                 self.discard_instance(inst).await;
                 continue;
