@@ -14,11 +14,13 @@
 //! bits of every directory, file and symlink, symlink targets and empty
 //! directories. Timestamps are not preserved and hard links are copied as
 //! separate files (a data directory has none). [`detect`] picks the backend
-//! for a store by probing it. The calls block: async callers wrap them in
-//! `spawn_blocking`.
+//! for a store by probing it. [`extents`] measures the space states take
+//! together, counting the blocks they share through copy-on-write once. The
+//! calls block: async callers wrap them in `spawn_blocking`.
 
 mod btrfs;
 mod detect;
+pub mod extents;
 mod tree;
 
 #[cfg(test)]
@@ -56,8 +58,10 @@ pub trait Snapshotter: Send + Sync {
     /// included), a plain directory tree or a file. A missing path is not an error.
     fn remove(&self, path: &Path) -> Result<(), SnapshotError>;
     /// Bytes used by `path`: the apparent size of its regular files. Data shared
-    /// with other states through CoW (btrfs, reflink) is not yet accounted, so
-    /// the sum over states can exceed what the disk really holds.
+    /// with other states through CoW (btrfs, reflink) counts in full for each,
+    /// so the sum over states can exceed what the disk really holds;
+    /// [`extents::account`] tells what they hold together and what removing
+    /// one frees.
     fn usage(&self, path: &Path) -> Result<u64, SnapshotError>;
 }
 

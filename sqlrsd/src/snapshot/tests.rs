@@ -673,3 +673,204 @@ fn detect_on_btrfs() {
         ],
     );
 }
+
+const MIB: u64 = 1 << 20;
+
+/// Bytes no filesystem can compress or deduplicate (xorshift64).
+fn noise(len: usize, mut seed: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        out.extend_from_slice(&seed.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// Writes `data` to a new file at `path` and waits until it is on disk, so
+/// FIEMAP sees allocated extents rather than delayed allocations.
+fn write_synced(path: &Path, data: &[u8]) {
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .expect("create");
+    file.write_all(data).expect("write");
+    file.sync_all().expect("fsync");
+}
+
+/// Fails unless `got` is within `slack` bytes of `want`.
+fn assert_near(what: &str, got: u64, want: u64, slack: u64) {
+    assert!(
+        got.abs_diff(want) <= slack,
+        "{what}: {got} bytes ({:.3} MiB), expected {want} ± {slack}",
+        got as f64 / MIB as f64
+    );
+}
+
+/// A 16 MiB file in tree `a`, a clone `b` that rewrote 1 MiB of it and a
+/// snapshot `s` of `a`: checks what [`extents::account`] makes of them. With
+/// `shared`, the backend shares unchanged blocks between the trees; without,
+/// every tree has its own copy.
+fn cow_accounting(snapshotter: &dyn Snapshotter, base: &Path, shared: bool) {
+    use extents::{Extents, account};
+    let on = filesystem_name(filesystem_type(base).expect("statfs"));
+    let kind = format!("{} on {on}", snapshotter.kind());
+    let [a, b, s] = ["a", "b", "s"].map(|n| base.join(n));
+    let outside = base.join("outside");
+    write_synced(&outside, &noise(4 << 20, 3));
+
+    snapshotter.create_empty(&a).expect("create_empty");
+    write_synced(&a.join("big"), &noise(16 << 20, 1));
+    // Around what a data directory holds besides its big files: tiny files
+    // (inline on btrfs), an empty one, a page, a folder, a symlink out of
+    // the tree (which must not count).
+    write_synced(&a.join("PG_VERSION"), b"15\n");
+    write_synced(&a.join("empty"), b"");
+    fs::create_dir(a.join("global")).expect("mkdir");
+    write_synced(&a.join("global/pg_control"), &noise(8192, 2));
+    std::os::unix::fs::symlink(&outside, a.join("outside")).expect("symlink");
+
+    snapshotter.clone_writable(&a, &b).expect("clone_writable");
+    snapshotter.snapshot(&a, &s).expect("snapshot");
+    let big = OpenOptions::new()
+        .write(true)
+        .open(b.join("big"))
+        .expect("open the clone's file");
+    big.write_all_at(&noise(1 << 20, 4), 4 << 20)
+        .expect("overwrite");
+    big.sync_all().expect("fsync");
+    // Neither followed nor waited on.
+    let fifo = CString::new(a.join("fifo").into_os_string().into_encoded_bytes()).expect("no NUL");
+    // SAFETY: fifo is a NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0, "mkfifo");
+
+    let [ea, eb, es] = [&a, &b, &s].map(|p| Extents::of_tree(p).expect("of_tree"));
+    let two = account(&[("a", &ea), ("b", &eb)]);
+    let three = account(&[("a", &ea), ("b", &eb), ("s", &es)]);
+    let mib = |bytes: u64| format!("{:.3} MiB", bytes as f64 / MIB as f64);
+    for (name, e) in [("a", &ea), ("b", &eb), ("s", &es)] {
+        eprintln!(
+            "{kind}: {name}: {} in {} ranges + {} private",
+            mib(e.bytes()),
+            e.ranges().len(),
+            e.private()
+        );
+    }
+    eprintln!(
+        "{kind}: a+b: total {}, exclusive a {}, b {}",
+        mib(two.total),
+        mib(two.exclusive["a"]),
+        mib(two.exclusive["b"])
+    );
+    eprintln!(
+        "{kind}: a+b+s: total {}, exclusive a {}, b {}, s {}",
+        mib(three.total),
+        mib(three.exclusive["a"]),
+        mib(three.exclusive["b"]),
+        mib(three.exclusive["s"])
+    );
+
+    // The small files take a few KiB at most (btrfs keeps the tiny ones
+    // inline, private to each tree); no filesystem here rounds 16 MiB by more.
+    let slack = 64 << 10;
+    let case = |what: &str| format!("{kind}: {what}");
+    for (name, e) in [("a", &ea), ("b", &eb), ("s", &es)] {
+        assert_near(&case(name), e.bytes(), 16 * MIB, slack);
+    }
+    if shared {
+        assert_near(&case("a+b total"), two.total, 17 * MIB, slack);
+        // The rewritten MiB: a's old blocks and b's new ones.
+        assert_near(&case("a+b exclusive a"), two.exclusive["a"], MIB, slack);
+        assert_near(&case("a+b exclusive b"), two.exclusive["b"], MIB, slack);
+        assert_near(&case("a+b+s total"), three.total, 17 * MIB, slack);
+        assert_near(&case("a+b+s exclusive a"), three.exclusive["a"], 0, slack);
+        assert_near(&case("a+b+s exclusive b"), three.exclusive["b"], MIB, slack);
+        assert_near(&case("a+b+s exclusive s"), three.exclusive["s"], 0, slack);
+    } else {
+        assert_near(&case("a+b total"), two.total, 32 * MIB, slack);
+        assert_near(
+            &case("a+b exclusive a"),
+            two.exclusive["a"],
+            16 * MIB,
+            slack,
+        );
+        assert_near(
+            &case("a+b exclusive b"),
+            two.exclusive["b"],
+            16 * MIB,
+            slack,
+        );
+        assert_near(&case("a+b+s total"), three.total, 48 * MIB, slack);
+        for name in ["a", "b", "s"] {
+            assert_near(
+                &case(&format!("a+b+s exclusive {name}")),
+                three.exclusive[name],
+                16 * MIB,
+                slack,
+            );
+        }
+    }
+    // Whatever the filesystem, nothing is counted twice or lost.
+    let private: u64 = [&ea, &eb, &es].iter().map(|e| e.private()).sum();
+    let union = Extents::new(
+        [&ea, &eb, &es]
+            .iter()
+            .flat_map(|e| e.ranges().iter().copied())
+            .collect(),
+        private,
+    );
+    assert_eq!(three.total, union.bytes(), "{kind}: union");
+
+    // An instance's writes are not synced: until written back they are
+    // delayed allocations without an address, which count as private.
+    fs::write(b.join("unsynced"), noise(1 << 20, 5)).expect("write");
+    let eb = Extents::of_tree(&b).expect("of_tree");
+    eprintln!(
+        "{kind}: b with 1 MiB unsynced: {} in {} ranges + {} private",
+        mib(eb.bytes()),
+        eb.ranges().len(),
+        eb.private()
+    );
+    assert_near(&case("b with 1 MiB unsynced"), eb.bytes(), 17 * MIB, slack);
+
+    for p in [&a, &b, &s] {
+        snapshotter.remove(p).expect("remove");
+    }
+}
+
+#[test]
+fn extents_of_btrfs_snapshots() {
+    let base = btrfs_dir();
+    cow_accounting(&BtrfsSnapshotter, base.path(), true);
+}
+
+#[test]
+fn extents_of_reflinks_on_btrfs() {
+    let base = btrfs_dir();
+    cow_accounting(
+        &TreeSnapshotter::new(FileContent::Reflink),
+        base.path(),
+        true,
+    );
+}
+
+#[test]
+fn extents_of_reflinks_on_xfs() {
+    let base = xfs_dir();
+    cow_accounting(
+        &TreeSnapshotter::new(FileContent::Reflink),
+        base.path(),
+        true,
+    );
+}
+
+/// On ext4 FIEMAP works and nothing is shared; on tmpfs the fallback to
+/// allocated sizes is what is measured.
+#[test]
+fn extents_of_copies_on_the_default_filesystem() {
+    let base = tempfile::tempdir().expect("tempdir");
+    cow_accounting(&TreeSnapshotter::new(FileContent::Copy), base.path(), false);
+}
