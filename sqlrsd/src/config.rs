@@ -16,6 +16,7 @@ pub struct Config {
     pub pool: PoolConfig,
     pub instances: InstancesConfig,
     pub builds: BuildsConfig,
+    pub cache: CacheConfig,
 }
 
 impl Config {
@@ -186,6 +187,86 @@ impl Default for BuildsConfig {
     }
 }
 
+/// A size written the human way (`20GiB`, `500 MB`, `1073741824`): KB, MB,
+/// GB are powers of 1000, KiB, MiB, GiB powers of 1024.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HumanBytes(pub u64);
+
+impl<'de> Deserialize<'de> for HumanBytes {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Number(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Number(n) => Ok(HumanBytes(n)),
+            Raw::Text(text) => text
+                .trim()
+                .parse::<bytesize::ByteSize>()
+                .map(|b| HumanBytes(b.as_u64()))
+                .map_err(|e| {
+                    serde::de::Error::custom(format!(
+                        "{text:?} is not a size ({e}); write e.g. 20GiB, 500MB or a number of bytes"
+                    ))
+                }),
+        }
+    }
+}
+
+/// How much the state cache may hold and how it is trimmed (docs/user-guide.md, "Cache limits").
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CacheConfig {
+    /// The most the states and stored inputs may take together, counted
+    /// with blocks shared through copy-on-write once; absent: no limit but
+    /// the free-space reserve.
+    pub max_bytes: Option<HumanBytes>,
+    /// Free space kept on the store's filesystem.
+    pub reserve_bytes: HumanBytes,
+    /// Eviction starts above this share of `max_bytes`
+    pub high_watermark: f64,
+    /// and stops at this share.
+    pub low_watermark: f64,
+    /// States younger than this are never evicted.
+    pub min_age: HumanDuration,
+    /// How often the cache is checked besides before each build step and
+    /// after each snapshot.
+    pub check_interval: HumanDuration,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            max_bytes: None,
+            reserve_bytes: HumanBytes(1 << 30),
+            high_watermark: 0.9,
+            low_watermark: 0.8,
+            min_age: HumanDuration(std::time::Duration::from_secs(600)),
+            check_interval: HumanDuration(std::time::Duration::from_secs(60)),
+        }
+    }
+}
+
+impl CacheConfig {
+    fn check(&self) -> Result<(), String> {
+        let (low, high) = (self.low_watermark, self.high_watermark);
+        if !(0.0 < low && low < high && high <= 1.0) {
+            return Err(format!(
+                "cache.low_watermark ({low}) and cache.high_watermark ({high}) must satisfy 0 < low < high <= 1, e.g. 0.8 and 0.9"
+            ));
+        }
+        if self.max_bytes.is_some_and(|m| m.0 == 0) {
+            return Err(
+                "cache.max_bytes is 0: give a size such as 20GiB, or remove the key for no limit"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read {}: {source}", path.display())]
@@ -200,6 +281,8 @@ pub enum ConfigError {
         column: usize,
         message: String,
     },
+    #[error("{}: {message}", path.display())]
+    Invalid { path: PathBuf, message: String },
 }
 
 impl Config {
@@ -215,7 +298,7 @@ impl Config {
                 });
             }
         };
-        Self::parse(&text).map_err(|e| {
+        let config = Self::parse(&text).map_err(|e| {
             let (line, column) = e
                 .location()
                 .map(|l| (l.line(), l.column()))
@@ -226,7 +309,15 @@ impl Config {
                 column,
                 message: e.to_string(),
             }
-        })
+        })?;
+        config
+            .cache
+            .check()
+            .map_err(|message| ConfigError::Invalid {
+                path: path.to_owned(),
+                message,
+            })?;
+        Ok(config)
     }
 
     fn parse(text: &str) -> Result<Self, serde_norway::Error> {
@@ -266,6 +357,12 @@ mod tests {
             ("pool:\n  idle: soon\n", Err("write e.g. 90s")),
             ("instances:\n  ttl: 2h\n", Ok("auto")),
             ("builds:\n  max_concurrent: 4\n", Ok("auto")),
+            (
+                "cache:\n  max_bytes: 20GiB\n  reserve_bytes: 500 MB\n  min_age: 1m\n",
+                Ok("auto"),
+            ),
+            ("cache:\n  max_bytes: 1048576\n", Ok("auto")),
+            ("cache:\n  max_bytes: lots\n", Err("write e.g. 20GiB")),
         ];
         for (text, want) in cases {
             match (Config::parse(text), want) {
@@ -273,6 +370,27 @@ mod tests {
                 (Err(e), Err(frag)) => assert!(e.to_string().contains(frag), "{text}: {e}"),
                 (got, _) => panic!("{text}: unexpected {got:?}"),
             }
+        }
+    }
+
+    #[test]
+    fn cache_sizes_and_watermarks() {
+        let c = Config::parse("cache:\n  max_bytes: 2GiB\n  reserve_bytes: 500MB\n").unwrap();
+        assert_eq!(c.cache.max_bytes, Some(HumanBytes(2 << 30)));
+        assert_eq!(c.cache.reserve_bytes, HumanBytes(500_000_000));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.yaml");
+        for bad in [
+            "cache:\n  low_watermark: 0.95\n",
+            "cache:\n  high_watermark: 1.5\n",
+            "cache:\n  max_bytes: 0\n",
+        ] {
+            std::fs::write(&path, bad).unwrap();
+            let msg = Config::load(&path).unwrap_err().to_string();
+            assert!(
+                msg.contains("config.yaml") && msg.contains("cache."),
+                "{bad}: {msg}"
+            );
         }
     }
 

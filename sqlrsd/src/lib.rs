@@ -3,6 +3,7 @@
 //! writable instances. The `sqlrsd` binary serves it over gRPC.
 
 pub mod blobs;
+pub mod cache;
 pub mod config;
 pub mod daemon;
 pub mod engine;
