@@ -13,7 +13,7 @@ pub mod pb {
 }
 
 /// Bumped whenever client and daemon stop understanding each other.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Metadata key carrying the client's protocol version on every call.
 pub const PROTOCOL_HEADER: &str = "sqlrs-protocol";

@@ -178,7 +178,18 @@ printing the status on every change until Ctrl-C; `--stop` makes sqlrsd forget t
     Rm(RmArgs),
     /// Show the daemon, its runtime, snapshotter and store, the warm pool and the watched
     /// workspaces. Starts the daemon when none runs.
-    Status,
+    Status(StatusArgs),
+    /// Keep a state, or whatever state an alias's chain ends in, from eviction;
+    /// without a target, list the pins.
+    #[command(
+        long_about = "Keep a state, or the head state of an alias, from eviction.\n\nTARGET is an alias NAME (NAME.prep.s9s.yaml, found from the current folder up to the \
+workspace root) or, when no such alias file exists, a state id prefix of at least 8 hex \
+characters. An alias pin follows the alias: it protects the state its chain ends in now, \
+and after an edit the new head. Without TARGET, the pins are listed."
+    )]
+    Pin { target: Option<String> },
+    /// Remove a pin made with `sqlrs pin`.
+    Unpin { target: String },
     /// Start, stop or inspect the daemon.
     Daemon {
         #[command(subcommand)]
@@ -260,12 +271,26 @@ pub struct LsArgs {
     /// Cached states, drawn as a tree.
     #[arg(long)]
     pub states: bool,
+    /// With --states: each state's disk use (own and exclusive, shared blocks
+    /// counted once), uses, build cost and what keeps it from eviction.
+    #[arg(long, requires = "states")]
+    pub cache_details: bool,
     /// Jobs.
     #[arg(long)]
     pub jobs: bool,
     /// Tasks of every job, or of JOB.
     #[arg(long, value_name = "JOB", num_args = 0..=1, default_missing_value = "")]
     pub tasks: Option<String>,
+}
+
+/// `sqlrs status [--cache]`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Also measure the state cache: usage with blocks shared through
+    /// copy-on-write counted once, limit, free space, pressure, what
+    /// eviction could free and the last eviction.
+    #[arg(long)]
+    pub cache: bool,
 }
 
 #[derive(Debug, Args)]
@@ -358,15 +383,15 @@ mod tests {
             ),
             (
                 "sqlrs ls --tasks",
-                "Ls(LsArgs { instances: false, names: false, warm: false, states: false, jobs: false, tasks: Some(\"\") })".into(),
+                "Ls(LsArgs { instances: false, names: false, warm: false, states: false, cache_details: false, jobs: false, tasks: Some(\"\") })".into(),
             ),
             (
                 "sqlrs ls --tasks abc",
-                "Ls(LsArgs { instances: false, names: false, warm: false, states: false, jobs: false, tasks: Some(\"abc\") })".into(),
+                "Ls(LsArgs { instances: false, names: false, warm: false, states: false, cache_details: false, jobs: false, tasks: Some(\"abc\") })".into(),
             ),
             (
                 "sqlrs ls --names --warm",
-                "Ls(LsArgs { instances: false, names: true, warm: true, states: false, jobs: false, tasks: None })".into(),
+                "Ls(LsArgs { instances: false, names: true, warm: true, states: false, cache_details: false, jobs: false, tasks: None })".into(),
             ),
             (
                 "sqlrs run:psql --instance abc -- -c x",

@@ -55,6 +55,24 @@ pub struct StateItem {
     pub use_count: u64,
     pub build_ms: u64,
     pub instance_count: u32,
+    /// Kept from eviction by `sqlrs pin`.
+    pub pinned: bool,
+    /// With `--cache-details`.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<StateCacheItem>,
+}
+
+/// A state's share of the cache in JSON output (`ls --states --cache-details`).
+#[derive(Debug, Serialize, PartialEq)]
+pub struct StateCacheItem {
+    /// Bytes its files occupy, blocks shared with other states included.
+    pub own_bytes: u64,
+    /// Bytes no other state shares: what evicting it frees.
+    pub exclusive_bytes: u64,
+    /// Why eviction leaves it alone; None: evictable.
+    pub protected: Option<String>,
+    /// Rebuild value per byte; the lowest is evicted first.
+    pub value: f64,
 }
 
 /// A job in JSON output.
@@ -122,6 +140,8 @@ impl From<&State> for StateItem {
             use_count: s.use_count,
             build_ms: s.build_ms,
             instance_count: s.instance_count,
+            pinned: s.pinned,
+            cache: None,
         }
     }
 }
@@ -218,20 +238,40 @@ fn names_table(instances: &[Instance]) -> String {
     )
 }
 
-fn states_tree(states: &[State], now: u64) -> String {
+fn states_tree(states: &[State], now: u64, details: bool) -> String {
     let nodes: Vec<TreeNode> = states
         .iter()
-        .map(|s| TreeNode {
-            id: s.id.clone(),
-            parent: s.parent_id.clone(),
-            order: s.created_at_ms,
-            columns: vec![
+        .map(|s| {
+            let mut columns = vec![
                 short(&s.id, SHORT_ID).to_owned(),
                 s.summary.clone(),
                 render::size(s.size_bytes),
                 format!("created {}", render::ago(now, s.created_at_ms)),
                 format!("used {}", render::ago(now, s.last_used_at_ms)),
-            ],
+            ];
+            if details {
+                columns.extend([
+                    format!("{} uses", s.use_count),
+                    format!("built in {}", render::duration(s.build_ms)),
+                    format!(
+                        "own {}, frees {}",
+                        render::size(s.own_bytes),
+                        render::size(s.exclusive_bytes)
+                    ),
+                    match s.protected.as_str() {
+                        "" => "evictable".to_owned(),
+                        why => format!("kept: {why}"),
+                    },
+                ]);
+            } else if s.pinned {
+                columns.push("pinned".into());
+            }
+            TreeNode {
+                id: s.id.clone(),
+                parent: s.parent_id.clone(),
+                order: s.created_at_ms,
+                columns,
+            }
         })
         .collect();
     render::tree(&nodes).trim_end().to_owned()
@@ -314,10 +354,28 @@ pub async fn ls(ctx: Ctx, args: &LsArgs) -> anyhow::Result<u8> {
         });
     }
     if args.states {
-        let list = reply(client.list_states(ListStatesRequest {}).await)?.states;
-        sections.push(section::<_, StateItem>("states", &list, |l| {
-            states_tree(l, now)
-        })?);
+        let request = ListStatesRequest {
+            cache_details: args.cache_details,
+        };
+        let list = reply(client.list_states(request).await)?.states;
+        let mut states =
+            section::<_, StateItem>("states", &list, |l| states_tree(l, now, args.cache_details))?;
+        if args.cache_details {
+            let items: Vec<StateItem> = list
+                .iter()
+                .map(|s| StateItem {
+                    cache: Some(StateCacheItem {
+                        own_bytes: s.own_bytes,
+                        exclusive_bytes: s.exclusive_bytes,
+                        protected: some_text(&s.protected),
+                        value: s.value,
+                    }),
+                    ..StateItem::from(s)
+                })
+                .collect();
+            states.json = serde_json::to_value(items)?;
+        }
+        sections.push(states);
     }
     if args.jobs {
         let list = reply(client.list_jobs(ListJobsRequest {}).await)?.jobs;
@@ -394,6 +452,7 @@ mod tests {
             use_count: 1,
             build_ms: 1500,
             instance_count: 0,
+            ..Default::default()
         }
     }
 
@@ -410,7 +469,41 @@ aaaaaaaaaaaa          base PostgreSQL 15     38.0 MiB  created 1h ago   used -
 ├── bbbbbbbbbbbb      -f schema.sql          40.0 MiB  created 30m ago  used 3m ago
 │   └── cccccccccccc  -f seed.sql            52.0 MiB  created 29m ago  used 3m ago
 └── dddddddddddd      -c 'create table t()'  39.0 MiB  created 10m ago  used 10m ago";
-        assert_eq!(states_tree(&states, NOW), want);
+        assert_eq!(states_tree(&states, NOW, false), want);
+    }
+
+    #[test]
+    fn state_tree_with_cache_details_and_pins() {
+        let mut states = [
+            state("a", "", "base PostgreSQL 15", 38, 60, None),
+            state("b", "a", "-f schema.sql", 40, 30, Some(3)),
+        ];
+        states[0].own_bytes = 38 << 20;
+        states[0].exclusive_bytes = 30 << 20;
+        states[0].protected = "has descendant states".into();
+        states[1].own_bytes = 40 << 20;
+        states[1].exclusive_bytes = 2 << 20;
+        states[1].pinned = true;
+        let want = "\
+aaaaaaaaaaaa      base PostgreSQL 15  38.0 MiB  created 1h ago   used -
+└── bbbbbbbbbbbb  -f schema.sql       40.0 MiB  created 30m ago  used 3m ago  pinned";
+        assert_eq!(states_tree(&states, NOW, false), want);
+        let detailed = states_tree(&states, NOW, true);
+        let lines: Vec<&str> = detailed.lines().collect();
+        assert!(
+            lines[0].ends_with(
+                "1 uses  built in 1.5s  own 38.0 MiB, frees 30.0 MiB  kept: has descendant states"
+            ),
+            "{detailed}"
+        );
+        assert!(
+            lines[1].ends_with("1 uses  built in 1.5s  own 40.0 MiB, frees 2.0 MiB   evictable"),
+            "{detailed}"
+        );
+        let item = StateItem::from(&states[1]);
+        let json = serde_json::to_value(&item).unwrap();
+        assert_eq!(json["pinned"], true);
+        assert!(json.get("exclusive_bytes").is_none(), "{json}");
     }
 
     #[test]
@@ -547,7 +640,7 @@ aaaaaaaaaaaa          base PostgreSQL 15     38.0 MiB  created 1h ago   used -
                 serde_json::json!({
                     "id": "a".repeat(16), "parent_id": null, "engine": "pg15", "summary": "base",
                     "size_bytes": 1 << 20, "created_at_ms": NOW - MIN, "last_used_at_ms": null,
-                    "use_count": 1, "build_ms": 1500, "instance_count": 0,
+                    "use_count": 1, "build_ms": 1500, "instance_count": 0, "pinned": false,
                 }),
             ),
             (

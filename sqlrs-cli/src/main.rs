@@ -8,6 +8,7 @@ mod error;
 mod init;
 mod job;
 mod ls;
+mod pin;
 mod prepare;
 mod project;
 mod render;
@@ -201,7 +202,12 @@ async fn dispatch(ctx: Ctx, command: Command, then: Option<Command>) -> anyhow::
         }) => project::watch(ctx, stop, follow).await,
         Command::Ls(args) => ls::ls(ctx, &args).await,
         Command::Rm(args) => rm::rm(ctx, &args).await,
-        Command::Status => status::status(ctx).await,
+        Command::Status(args) => status::status(ctx, args.cache).await,
+        Command::Pin { target: None } => pin::list(ctx).await,
+        Command::Pin {
+            target: Some(target),
+        } => pin::pin(ctx, &target, true).await,
+        Command::Unpin { target } => pin::pin(ctx, &target, false).await,
         Command::Daemon {
             action: DaemonAction::Start,
         } => daemon::start(ctx).await,

@@ -2,7 +2,7 @@
 //! pool and the watched workspaces.
 
 use serde::Serialize;
-use sqlrs_proto::pb::{PoolStatus, StatusReply, StatusRequest};
+use sqlrs_proto::pb::{CacheStatus, PoolStatus, StatusReply, StatusRequest};
 
 use crate::cli::Ctx;
 use crate::daemon::{self, DaemonInfo};
@@ -96,6 +96,131 @@ impl PoolView {
     }
 }
 
+/// The state cache for JSON output (`status --cache`).
+#[derive(Debug, Serialize, PartialEq)]
+struct CacheView {
+    /// States (shared blocks counted once) plus stored inputs.
+    used_bytes: u64,
+    states_bytes: u64,
+    blobs_bytes: u64,
+    /// None: no byte limit.
+    max_bytes: Option<u64>,
+    reserve_bytes: u64,
+    free_bytes: u64,
+    high_watermark: f64,
+    low_watermark: f64,
+    min_age_ms: u64,
+    /// "ok" | "high" | "full".
+    pressure: String,
+    reclaimable_bytes: u64,
+    evictable_states: u32,
+    pinned: u32,
+    last_eviction: Option<EvictionView>,
+}
+
+#[derive(Debug, Serialize, PartialEq)]
+struct EvictionView {
+    at_ms: u64,
+    trigger: String,
+    state_ids: Vec<String>,
+    freed_bytes: u64,
+    pressure_after: String,
+}
+
+impl From<&CacheStatus> for CacheView {
+    fn from(c: &CacheStatus) -> Self {
+        CacheView {
+            used_bytes: c.used_bytes,
+            states_bytes: c.states_bytes,
+            blobs_bytes: c.blobs_bytes,
+            max_bytes: (c.max_bytes != 0).then_some(c.max_bytes),
+            reserve_bytes: c.reserve_bytes,
+            free_bytes: c.free_bytes,
+            high_watermark: c.high_watermark,
+            low_watermark: c.low_watermark,
+            min_age_ms: c.min_age_ms,
+            pressure: c.pressure.clone(),
+            reclaimable_bytes: c.reclaimable_bytes,
+            evictable_states: c.evictable_states,
+            pinned: c.pinned,
+            last_eviction: c.last_eviction.as_ref().map(|e| EvictionView {
+                at_ms: e.at_ms,
+                trigger: e.trigger.clone(),
+                state_ids: e.state_ids.clone(),
+                freed_bytes: e.freed_bytes,
+                pressure_after: e.pressure_after.clone(),
+            }),
+        }
+    }
+}
+
+impl CacheView {
+    fn text(&self, now_ms: u64) -> String {
+        let used = match self.max_bytes {
+            Some(max) => format!(
+                "{} of {} ({:.0}%)",
+                render::size(self.used_bytes),
+                render::size(max),
+                self.used_bytes as f64 * 100.0 / max as f64
+            ),
+            None => format!("{} (no limit)", render::size(self.used_bytes)),
+        };
+        let pct = |f: f64| format!("{:.0}%", f * 100.0);
+        let last = match &self.last_eviction {
+            None => "none".to_owned(),
+            Some(e) => format!(
+                "{}, {} freed, {} ({}; pressure then {})",
+                count(e.state_ids.len() as u64, "state", "states"),
+                render::size(e.freed_bytes),
+                render::ago(now_ms, e.at_ms),
+                e.trigger,
+                e.pressure_after
+            ),
+        };
+        rows(
+            &[
+                (
+                    "used",
+                    format!(
+                        "{used}: states {}, inputs {}",
+                        render::size(self.states_bytes),
+                        render::size(self.blobs_bytes)
+                    ),
+                ),
+                (
+                    "free",
+                    format!(
+                        "{} on the store's filesystem, {} reserved",
+                        render::size(self.free_bytes),
+                        render::size(self.reserve_bytes)
+                    ),
+                ),
+                (
+                    "pressure",
+                    format!(
+                        "{} (evicts above {}, down to {}; keeps states younger than {})",
+                        self.pressure,
+                        pct(self.high_watermark),
+                        pct(self.low_watermark),
+                        render::duration(self.min_age_ms)
+                    ),
+                ),
+                (
+                    "reclaimable",
+                    format!(
+                        "{} in {}",
+                        render::size(self.reclaimable_bytes),
+                        count(self.evictable_states, "state", "states")
+                    ),
+                ),
+                ("pinned", count(self.pinned, "pin", "pins")),
+                ("last eviction", last),
+            ],
+            "  ",
+        )
+    }
+}
+
 /// The watched workspaces, each with its aliases.
 fn projects_text(projects: &[ProjectView]) -> String {
     if projects.is_empty() {
@@ -142,6 +267,11 @@ struct StatusView {
     pool: Option<PoolView>,
     /// The workspaces sqlrsd watches.
     projects: Vec<ProjectView>,
+    /// With `--cache`: the state cache.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cache: Option<CacheView>,
+    #[serde(skip)]
+    now_ms: u64,
 }
 
 impl StatusView {
@@ -163,6 +293,8 @@ impl StatusView {
             liquibase_error: Some(s.liquibase_error.clone()).filter(|v| !v.is_empty()),
             pool: s.pool.as_ref().map(PoolView::from),
             projects: s.projects.iter().map(ProjectView::from).collect(),
+            cache: s.cache.as_ref().map(CacheView::from),
+            now_ms,
         }
     }
 
@@ -216,6 +348,10 @@ impl StatusView {
         }
         text.push_str("\n\nwatched projects\n");
         text.push_str(&projects_text(&self.projects));
+        if let Some(cache) = &self.cache {
+            text.push_str("\n\ncache\n");
+            text.push_str(&cache.text(self.now_ms));
+        }
         text
     }
 }
@@ -229,9 +365,9 @@ fn with_reason(name: &str, reason: &str) -> String {
     }
 }
 
-pub async fn status(ctx: Ctx) -> anyhow::Result<u8> {
+pub async fn status(ctx: Ctx, cache: bool) -> anyhow::Result<u8> {
     let mut conn = daemon::connect(true).await?;
-    let reply = reply(conn.client.status(StatusRequest {}).await)?;
+    let reply = reply(conn.client.status(StatusRequest { cache }).await)?;
     let view = StatusView::new(&reply, render::now_ms());
     if ctx.json() {
         render::print_json(&view)?;
@@ -244,7 +380,58 @@ pub async fn status(ctx: Ctx) -> anyhow::Result<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sqlrs_proto::pb::{AliasStatus, HealthReply, ProjectStatus};
+    use sqlrs_proto::pb::{AliasStatus, Eviction, HealthReply, ProjectStatus};
+
+    #[test]
+    fn cache_rendering() {
+        let status = CacheStatus {
+            used_bytes: 6 << 30,
+            states_bytes: (6 << 30) - (2 << 20),
+            blobs_bytes: 2 << 20,
+            max_bytes: 8 << 30,
+            reserve_bytes: 1 << 30,
+            free_bytes: 40 << 30,
+            high_watermark: 0.9,
+            low_watermark: 0.8,
+            min_age_ms: 600_000,
+            pressure: "ok".into(),
+            reclaimable_bytes: 3 << 30,
+            evictable_states: 4,
+            pinned: 1,
+            last_eviction: Some(Eviction {
+                at_ms: 60_000,
+                trigger: "after a snapshot".into(),
+                state_ids: vec!["a".into(), "b".into()],
+                freed_bytes: 512 << 20,
+                pressure_after: "ok".into(),
+            }),
+        };
+        let view = CacheView::from(&status);
+        assert_eq!(
+            view.text(120_000),
+            "  used           6.0 GiB of 8.0 GiB (75%): states 6.0 GiB, inputs 2.0 MiB\n  \
+               free           40.0 GiB on the store's filesystem, 1.0 GiB reserved\n  \
+               pressure       ok (evicts above 90%, down to 80%; keeps states younger than 10m00s)\n  \
+               reclaimable    3.0 GiB in 4 states\n  \
+               pinned         1 pin\n  \
+               last eviction  2 states, 512.0 MiB freed, 1m ago (after a snapshot; pressure then ok)"
+        );
+        let unbounded = CacheView::from(&CacheStatus {
+            max_bytes: 0,
+            last_eviction: None,
+            ..status
+        });
+        let text = unbounded.text(0);
+        assert!(
+            text.starts_with("  used           6.0 GiB (no limit): "),
+            "{text}"
+        );
+        assert!(text.ends_with("last eviction  none"), "{text}");
+        let json = serde_json::to_value(&unbounded).unwrap();
+        assert_eq!(json["max_bytes"], serde_json::Value::Null);
+        assert_eq!(json["pressure"], "ok");
+        assert_eq!(json["reclaimable_bytes"], 3u64 << 30);
+    }
 
     #[test]
     fn rendering() {
@@ -295,6 +482,7 @@ mod tests {
                 updated_at_ms: 9,
                 watched: true,
             }],
+            cache: None,
         };
         let view = StatusView::new(&reply, 125_000);
         assert_eq!(
@@ -416,6 +604,7 @@ mod tests {
         // The 14 fields before the warm pool, plus `pool` and `projects`.
         assert_eq!(json.as_object().unwrap().len(), 16);
         let bare = serde_json::to_value(StatusView::new(&bare, 125_000)).unwrap();
+        assert!(bare.get("cache").is_none());
         assert_eq!(
             (&bare["pool"], &bare["projects"]),
             (&serde_json::Value::Null, &serde_json::json!([]))

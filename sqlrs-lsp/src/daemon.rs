@@ -209,7 +209,11 @@ impl Daemon {
 
     /// The size of every state in the store.
     pub async fn state_sizes(&self) -> Result<HashMap<String, u64>, DaemonError> {
-        let reply = self.client().await?.list_states(ListStatesRequest {}).await;
+        let reply = self
+            .client()
+            .await?
+            .list_states(ListStatesRequest::default())
+            .await;
         Ok(self
             .call(reply)
             .await?

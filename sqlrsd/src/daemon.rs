@@ -118,9 +118,18 @@ pub async fn run(loc: Locations) -> Result<(), DaemonError> {
             max_builds: config.builds.max_concurrent,
             default_ttl: config.instances.ttl.map(|t| t.0),
             liquibase_exec: config.liquibase.exec.clone(),
+            cache: crate::cache::Limits {
+                max_bytes: config.cache.max_bytes.map(|b| b.0),
+                reserve_bytes: config.cache.reserve_bytes.0,
+                high_watermark: config.cache.high_watermark,
+                low_watermark: config.cache.low_watermark,
+                min_age: config.cache.min_age.0,
+            },
+            cache_check: config.cache.check_interval.0,
         },
     ));
     engine.reconcile().await?;
+    engine.evict_later("at start-up");
     let upkeep = tokio_util::sync::CancellationToken::new();
     tokio::spawn(engine.clone().upkeep(upkeep.clone()));
     let projects = Projects::new(engine.clone());

@@ -17,7 +17,9 @@ use redb::{
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::model::{InstanceRecord, JobEvent, JobRecord, ProjectRecord, StateRecord};
+use crate::model::{
+    InstanceRecord, JobEvent, JobRecord, PinRecord, PinTarget, ProjectRecord, StateRecord,
+};
 
 const STATES: TableDefinition<&str, &[u8]> = TableDefinition::new("states");
 const INSTANCES: TableDefinition<&str, &[u8]> = TableDefinition::new("instances");
@@ -28,6 +30,8 @@ const EVENTS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("events
 const PLANS: TableDefinition<&str, &[u8]> = TableDefinition::new("plans");
 /// Watched workspaces, keyed by their root.
 const PROJECTS: TableDefinition<&str, &[u8]> = TableDefinition::new("projects");
+/// States and aliases kept from eviction, keyed by [`PinTarget::key`].
+const PINS: TableDefinition<&str, &[u8]> = TableDefinition::new("pins");
 
 #[derive(Debug, thiserror::Error)]
 pub enum IndexError {
@@ -66,6 +70,7 @@ impl Index {
             tx.open_table(EVENTS).map_err(|e| fail(e.into()))?;
             tx.open_table(PLANS).map_err(|e| fail(e.into()))?;
             tx.open_table(PROJECTS).map_err(|e| fail(e.into()))?;
+            tx.open_table(PINS).map_err(|e| fail(e.into()))?;
         }
         tx.commit().map_err(|e| fail(e.into()))?;
         Ok(Self {
@@ -171,6 +176,19 @@ impl Index {
     }
     pub fn delete_project(&self, root: &str) -> Result<(), IndexError> {
         self.delete(PROJECTS, root)
+    }
+
+    pub fn put_pin(&self, p: &PinRecord) -> Result<(), IndexError> {
+        self.put(PINS, &p.target.key(), p)
+    }
+    pub fn pins(&self) -> Result<Vec<PinRecord>, IndexError> {
+        self.list(PINS)
+    }
+    /// Whether the pin existed.
+    pub fn delete_pin(&self, target: &PinTarget) -> Result<bool, IndexError> {
+        let existed = self.get::<PinRecord>(PINS, &target.key())?.is_some();
+        self.delete(PINS, &target.key())?;
+        Ok(existed)
     }
 
     pub fn put_state(&self, s: &StateRecord) -> Result<(), IndexError> {

@@ -88,6 +88,32 @@ pub struct InstanceRecord {
     pub started_at_ms: u64,
 }
 
+/// What a pin keeps from eviction: one state, or whatever state an alias
+/// file's chain ends in at the time.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum PinTarget {
+    State(String),
+    /// The alias file's absolute path.
+    Alias(String),
+}
+
+impl PinTarget {
+    /// The index key: `state:ID` or `alias:PATH`.
+    pub fn key(&self) -> String {
+        match self {
+            Self::State(id) => format!("state:{id}"),
+            Self::Alias(path) => format!("alias:{path}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PinRecord {
+    pub target: PinTarget,
+    pub created_at_ms: u64,
+}
+
 /// A workspace sqlrsd watches.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ProjectRecord {

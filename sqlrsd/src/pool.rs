@@ -273,6 +273,11 @@ impl Pool {
         out
     }
 
+    /// Head states of the watched aliases.
+    pub fn owned_heads(&self) -> std::collections::HashSet<String> {
+        self.lock().owners.values().cloned().collect()
+    }
+
     /// Hot states that may be short of warm instances.
     pub fn hot_states(&self) -> Vec<String> {
         let inner = self.lock();

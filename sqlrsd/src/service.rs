@@ -10,10 +10,12 @@ use tokio::sync::{broadcast, watch};
 use tokio_stream::Stream;
 use tonic::{Code, Request, Response, Status};
 
-use crate::engine::{Delivery, Engine, EngineError, ExecInput, HandOut, PrepareInput, Removal};
+use crate::engine::{
+    CacheView, Delivery, Engine, EngineError, ExecInput, HandOut, PrepareInput, Removal,
+};
 use crate::model::{
     AliasView, EventKind, InstanceRecord, InstanceStatus, JobEvent, JobFailure, JobRecord,
-    PlanView, ProjectView, StateRecord, TaskRecord,
+    PinTarget, PlanView, ProjectView, StateRecord, TaskRecord,
 };
 use crate::projects::{ProjectError, Projects};
 use crate::runtime::docker::OutputStream;
@@ -304,6 +306,51 @@ fn pb_task(job: &str, t: &TaskRecord) -> pb::Task {
     }
 }
 
+fn pb_cache(v: &CacheView) -> pb::CacheStatus {
+    pb::CacheStatus {
+        used_bytes: v.used_bytes(),
+        states_bytes: v.states_bytes,
+        blobs_bytes: v.blobs_bytes,
+        max_bytes: v.limits.max_bytes.unwrap_or(0),
+        reserve_bytes: v.limits.reserve_bytes,
+        free_bytes: v.free_bytes,
+        high_watermark: v.limits.high_watermark,
+        low_watermark: v.limits.low_watermark,
+        min_age_ms: v.limits.min_age.as_millis() as u64,
+        pressure: v.pressure.as_str().into(),
+        reclaimable_bytes: v.reclaimable_bytes,
+        evictable_states: v.evictable_states as u32,
+        pinned: v.states.iter().filter(|s| s.pinned).count() as u32,
+        last_eviction: v.last_eviction.as_ref().map(|e| pb::Eviction {
+            at_ms: e.at_ms,
+            trigger: e.trigger.clone(),
+            state_ids: e.removed.iter().map(|(id, _)| id.clone()).collect(),
+            freed_bytes: e.freed_bytes,
+            pressure_after: e.pressure.as_str().into(),
+        }),
+    }
+}
+
+fn pb_pin(target: &PinTarget, changed: bool, created_at_ms: u64) -> pb::PinReply {
+    let (kind, target) = match target {
+        PinTarget::State(id) => ("state", id),
+        PinTarget::Alias(path) => ("alias", path),
+    };
+    pb::PinReply {
+        kind: kind.into(),
+        target: target.clone(),
+        changed,
+        created_at_ms,
+    }
+}
+
+fn pin_request(r: &pb::PinRequest) -> (Option<&str>, Option<&std::path::Path>) {
+    (
+        (!r.state.is_empty()).then_some(r.state.as_str()),
+        (!r.alias_path.is_empty()).then(|| std::path::Path::new(&r.alias_path)),
+    )
+}
+
 fn pb_state(s: &StateRecord, instance_count: u32) -> pb::State {
     pb::State {
         id: s.id.clone(),
@@ -316,6 +363,7 @@ fn pb_state(s: &StateRecord, instance_count: u32) -> pb::State {
         use_count: s.use_count,
         build_ms: s.build_ms,
         instance_count,
+        ..Default::default()
     }
 }
 
@@ -394,7 +442,13 @@ impl Sqlrs for Service {
         req: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusReply>, Status> {
         self.check(&req)?;
+        let want_cache = req.get_ref().cache;
         let e = &self.engine;
+        let cache = if want_cache {
+            Some(pb_cache(&e.cache_view().await?))
+        } else {
+            None
+        };
         let info = e.runtimes.default().runtime.info();
         let (liquibase, liquibase_error) = match e.liquibase.get().await {
             Ok(lb) => (
@@ -441,6 +495,7 @@ impl Sqlrs for Service {
                 }
             }),
             projects: self.projects.views().iter().map(pb_project).collect(),
+            cache,
         }))
     }
 
@@ -556,17 +611,42 @@ impl Sqlrs for Service {
         req: Request<pb::ListStatesRequest>,
     ) -> Result<Response<pb::ListStatesReply>, Status> {
         self.check(&req)?;
+        let details = req.get_ref().cache_details;
         let e = &self.engine;
         let err = |x| Status::from(EngineError::from(x));
+        let view = if details {
+            Some(e.cache_view().await?)
+        } else {
+            None
+        };
         let mut states = e.index.states().map_err(err)?;
         let instances = e.index.instances().map_err(err)?;
+        let pinned: std::collections::HashSet<String> = e
+            .pins()?
+            .into_iter()
+            .filter_map(|p| match p.target {
+                PinTarget::State(id) => Some(id),
+                PinTarget::Alias(_) => None,
+            })
+            .collect();
         states.sort_by_key(|s| s.created_at_ms);
         Ok(Response::new(pb::ListStatesReply {
             states: states
                 .iter()
                 .map(|s| {
                     let n = instances.iter().filter(|i| i.state_id == s.id).count();
-                    pb_state(s, n as u32)
+                    let mut out = pb_state(s, n as u32);
+                    out.pinned = pinned.contains(&s.id);
+                    if let Some(d) = view
+                        .as_ref()
+                        .and_then(|v| v.states.iter().find(|d| d.id == s.id))
+                    {
+                        out.own_bytes = d.own_bytes;
+                        out.exclusive_bytes = d.exclusive_bytes;
+                        out.protected = d.protected.clone().unwrap_or_default();
+                        out.value = d.value;
+                    }
+                    out
                 })
                 .collect(),
         }))
@@ -738,6 +818,34 @@ impl Sqlrs for Service {
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(out),
         )))
+    }
+
+    async fn pin(&self, req: Request<pb::PinRequest>) -> Result<Response<pb::PinReply>, Status> {
+        self.check(&req)?;
+        let (state, alias) = pin_request(req.get_ref());
+        let target = self.engine.pin(state, alias)?;
+        Ok(Response::new(pb_pin(&target, true, crate::model::now_ms())))
+    }
+
+    async fn unpin(&self, req: Request<pb::PinRequest>) -> Result<Response<pb::PinReply>, Status> {
+        self.check(&req)?;
+        let (state, alias) = pin_request(req.get_ref());
+        let (target, existed) = self.engine.unpin(state, alias)?;
+        Ok(Response::new(pb_pin(&target, existed, 0)))
+    }
+
+    async fn list_pins(
+        &self,
+        req: Request<pb::ListPinsRequest>,
+    ) -> Result<Response<pb::ListPinsReply>, Status> {
+        self.check(&req)?;
+        let pins = self.engine.pins()?;
+        Ok(Response::new(pb::ListPinsReply {
+            pins: pins
+                .iter()
+                .map(|p| pb_pin(&p.target, true, p.created_at_ms))
+                .collect(),
+        }))
     }
 
     async fn shutdown(

@@ -91,6 +91,8 @@ impl Env {
                 max_builds: 2,
                 default_ttl: None,
                 liquibase_exec: None,
+                cache: Default::default(),
+                cache_check: Duration::from_secs(60),
             },
         ));
         let ws = top.join("ws");

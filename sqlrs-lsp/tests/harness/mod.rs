@@ -160,7 +160,7 @@ impl Env {
         loop {
             let status = conn
                 .client
-                .status(StatusRequest {})
+                .status(StatusRequest::default())
                 .await
                 .unwrap()
                 .into_inner();

@@ -3,9 +3,11 @@
 //! instances; removes instances, states and jobs; reconciles the store with
 //! the index at start-up.
 
+mod evict;
 mod lb;
 mod warm;
 
+pub use evict::{CacheState, CacheView, EvictionReport, StateDetail};
 pub use warm::{AliasRefresh, Delivery, HandOut, check_name};
 
 use std::collections::{HashMap, HashSet};
@@ -234,6 +236,8 @@ pub struct Engine {
     default_ttl: Option<Duration>,
     /// psql plans of unchanged inputs, reused without reading them again.
     plan_memo: planner::memo::PlanMemo,
+    /// The cache's bounds: extents, leases, evictions.
+    pub cache: CacheState,
 }
 
 /// How the engine hands out instances and runs builds.
@@ -243,6 +247,9 @@ pub struct EngineSettings {
     pub max_builds: usize,
     pub default_ttl: Option<Duration>,
     pub liquibase_exec: Option<PathBuf>,
+    pub cache: crate::cache::Limits,
+    /// How often the cache is checked besides around builds.
+    pub cache_check: Duration,
 }
 
 impl Engine {
@@ -271,6 +278,7 @@ impl Engine {
             name_locks: Mutex::new(HashMap::new()),
             default_ttl: settings.default_ttl,
             plan_memo: Default::default(),
+            cache: CacheState::new(settings.cache, settings.cache_check),
         }
     }
 
@@ -627,6 +635,12 @@ impl Engine {
         delivery: &Delivery,
     ) -> Result<Option<InstanceRecord>, Stop> {
         let n = chain.steps.len();
+        // What the chain reads stays while it runs.
+        let _lease = self.cache.lease(
+            std::iter::once(&chain.base)
+                .chain(&chain.ids)
+                .map(StateId::to_hex),
+        );
         // Longest cached prefix; the first missing state is built once.
         let first_missing = self.cached_prefix(chain)?;
         if first_missing == n {
@@ -838,6 +852,7 @@ impl Engine {
                 crate::runtime::memory::lower_priority(server.pid);
             }
         };
+        self.room_for_step(job, chain, from).await?;
         let mut server = self.clone_and_start(&chain.rt, record).await?;
         lower(&server);
         record.started_at_ms = now_ms();
@@ -850,6 +865,9 @@ impl Engine {
                 return Err(Stop::Cancelled);
             }
             let task = k as u32 + 1;
+            if k > from {
+                self.room_for_step(job, chain, k).await?;
+            }
             let started = Instant::now();
             self.step_event(job, chain, k, "running", 0);
             self.set_task(job, task, |t| {
@@ -924,6 +942,7 @@ impl Engine {
             }
             record.state_id = id;
             self.index.put_instance(record)?;
+            self.evict_later("after a snapshot");
             let elapsed = started.elapsed().as_millis() as u64;
             self.set_task(job, task, |t| {
                 t.status = RunStatus::Succeeded;
@@ -939,6 +958,31 @@ impl Engine {
             t.finished_at_ms = now_ms();
         });
         Ok(())
+    }
+
+    /// Makes room for step `k` (0-based); the step fails when there is none.
+    async fn room_for_step(
+        self: &Arc<Self>,
+        job: &LiveJob,
+        chain: &Chain,
+        k: usize,
+    ) -> Result<(), Stop> {
+        let Err(stop) = self.ensure_room().await else {
+            return Ok(());
+        };
+        let stop = match stop {
+            Stop::Failed(mut f) => {
+                f.step = Some(k as u32 + 1);
+                Stop::Failed(f)
+            }
+            other => other,
+        };
+        self.set_task(job, k as u32 + 1, |t| {
+            t.status = RunStatus::Failed;
+            t.finished_at_ms = now_ms();
+        });
+        self.step_event(job, chain, k, "failed", 0);
+        Err(stop)
     }
 
     async fn run_step(
@@ -1340,6 +1384,8 @@ impl Engine {
     /// Unindexes a state, then removes its directory.
     fn remove_state(&self, id: &str) -> Result<(), EngineError> {
         self.index.delete_state(id)?;
+        self.index
+            .delete_pin(&crate::model::PinTarget::State(id.into()))?;
         let path = self.store.state_path(id);
         if path.exists() {
             self.snapshotter.remove(&path)?;

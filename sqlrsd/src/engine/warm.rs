@@ -264,6 +264,7 @@ impl Engine {
         state: &str,
         target: &Target,
     ) -> Result<InstanceRecord, EngineError> {
+        let _lease = self.cache.lease([state.to_owned()]);
         if !self.is_cached_hex(state)? {
             return Err(EngineError::NotFound {
                 what: "state",
@@ -384,12 +385,19 @@ impl Engine {
     pub async fn upkeep(self: Arc<Self>, stop: CancellationToken) {
         let mut tick = tokio::time::interval(UPKEEP_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut cache_checked = std::time::Instant::now();
         for round in 0u32.. {
             tokio::select! {
                 _ = tick.tick() => {}
                 () = stop.cancelled() => return,
             }
             self.upkeep_once(round % MEASURE_EVERY == 0).await;
+            if cache_checked.elapsed() >= self.cache.check_interval {
+                cache_checked = std::time::Instant::now();
+                if let Err(e) = self.evict("periodically").await {
+                    tracing::warn!("periodic cache check failed: {e}");
+                }
+            }
         }
     }
 
