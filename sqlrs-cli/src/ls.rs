@@ -39,6 +39,8 @@ pub struct InstanceItem {
     pub from_pool: bool,
     /// When its server was started.
     pub started_at_ms: Option<u64>,
+    /// Why it is stopped or lost.
+    pub note: Option<String>,
 }
 
 /// A state in JSON output.
@@ -123,6 +125,7 @@ impl From<&Instance> for InstanceItem {
             connections: u32::try_from(i.connections).ok(),
             from_pool: i.from_pool,
             started_at_ms: some_time(i.started_at_ms),
+            note: some_text(&i.note),
         }
     }
 }
@@ -525,6 +528,7 @@ aaaaaaaaaaaa      base PostgreSQL 15  38.0 MiB  created 1h ago   used -
             connections: 2,
             from_pool: true,
             started_at_ms: NOW - 10 * MIN,
+            note: String::new(),
         };
         let docker = Instance {
             id: "abcdef0123456789".into(),
@@ -661,13 +665,14 @@ aaaaaaaaaaaa      base PostgreSQL 15  38.0 MiB  created 1h ago   used -
                     connections: 3,
                     from_pool: true,
                     started_at_ms: 6,
+                    note: "its data directory /d is gone".into(),
                 }))
                 .unwrap(),
                 serde_json::json!({
                     "id": "i", "state_id": "s", "dsn": "postgres://x", "port": 5, "status": "running",
                     "runtime": "native", "image": null, "pid": null, "job_id": "j", "data_dir": "/d",
                     "created_at_ms": 7, "name": "dev", "expires_at_ms": 9, "connections": 3,
-                    "from_pool": true, "started_at_ms": 6,
+                    "from_pool": true, "started_at_ms": 6, "note": "its data directory /d is gone",
                 }),
             ),
             (
@@ -684,7 +689,7 @@ aaaaaaaaaaaa      base PostgreSQL 15  38.0 MiB  created 1h ago   used -
                     "id": "i", "state_id": "", "dsn": "", "port": 0, "status": "",
                     "runtime": "docker", "image": "sqlrs/postgres:15", "pid": 12, "job_id": null,
                     "data_dir": "", "created_at_ms": 0, "name": null, "expires_at_ms": null,
-                    "connections": null, "from_pool": false, "started_at_ms": null,
+                    "connections": null, "from_pool": false, "started_at_ms": null, "note": null,
                 }),
             ),
             (

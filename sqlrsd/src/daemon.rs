@@ -67,7 +67,7 @@ pub async fn run(loc: Locations) -> Result<(), DaemonError> {
     let root = is_root();
     let store = Store::new(&loc.state_dir);
     store.create(root).map_err(io(&loc.state_dir))?;
-    let _lock = lock_store(&loc.daemon_lock_path())?;
+    let lock = lock_store(&loc.daemon_lock_path())?;
     let config = Config::load(&loc.config_path())?;
     let token = write_token(&loc.token_path())?;
 
@@ -209,6 +209,10 @@ pub async fn run(loc: Locations) -> Result<(), DaemonError> {
     stop_jobs(&engine).await;
     engine.drain_pool().await;
     let _ = std::fs::remove_file(&socket);
+    // Detached tasks keep the index open until the runtime ends with the
+    // process: the store lock is released by the exit itself, so that a
+    // daemon started right after never finds the index still locked.
+    std::mem::forget(lock);
     Ok(())
 }
 

@@ -7,6 +7,7 @@ pub mod cache;
 pub mod config;
 pub mod daemon;
 pub mod engine;
+pub mod failpoint;
 pub mod ids;
 pub mod index;
 pub mod jobs;

@@ -45,6 +45,9 @@ pub enum InstanceStatus {
     Warm,
     Running,
     Stopped,
+    /// Its data is gone (e.g. the store lost it in a crash): it is listed,
+    /// with `note` saying why, until removed.
+    Lost,
 }
 
 impl InstanceStatus {
@@ -54,6 +57,7 @@ impl InstanceStatus {
             Self::Warm => "warm",
             Self::Running => "running",
             Self::Stopped => "stopped",
+            Self::Lost => "lost",
         }
     }
 }
@@ -86,6 +90,9 @@ pub struct InstanceRecord {
     /// When its current server was started; 0: not started.
     #[serde(default)]
     pub started_at_ms: u64,
+    /// Why it is stopped or lost.
+    #[serde(default)]
+    pub note: Option<String>,
 }
 
 /// What a pin keeps from eviction: one state, or whatever state an alias
@@ -237,7 +244,7 @@ pub enum EventKind {
     Step(StepProgress),
     Log(String),
     /// The instance handed out; None for a prebuild, which hands out none.
-    Succeeded(Option<InstanceRecord>),
+    Succeeded(Option<Box<InstanceRecord>>),
     Failed(JobFailure),
     Cancelled,
 }

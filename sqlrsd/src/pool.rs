@@ -59,6 +59,8 @@ struct Inner {
     starting: HashMap<String, u32>,
     /// Warm instance → measured memory.
     memory: HashMap<String, u64>,
+    /// Shutting down: no more starts.
+    closed: bool,
 }
 
 impl Inner {
@@ -170,13 +172,23 @@ impl Pool {
         Some(id)
     }
 
+    /// Starts no more warm instances; returns how many are starting now.
+    pub fn close(&self) -> u32 {
+        let mut inner = self.lock();
+        inner.closed = true;
+        inner.starting.values().sum()
+    }
+
     /// Reserves the start of one warm instance of `state` when it is hot,
     /// short of its count, and the memory budget allows one more server.
     /// Returns what to start it on.
     pub fn reserve(&self, state: &str) -> Option<Target> {
         let mut inner = self.lock();
         let now = Instant::now();
-        if self.settings.per_state == 0 || !inner.is_hot(state, now, self.settings.idle) {
+        if inner.closed
+            || self.settings.per_state == 0
+            || !inner.is_hot(state, now, self.settings.idle)
+        {
             return None;
         }
         let have = inner.warm.get(state).map_or(0, |v| v.len() as u32)

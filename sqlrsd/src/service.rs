@@ -241,6 +241,7 @@ fn pb_instance(i: &InstanceRecord, data_dir: String, connections: i32) -> pb::In
         connections,
         from_pool: i.from_pool,
         started_at_ms: i.started_at_ms,
+        note: i.note.clone().unwrap_or_default(),
     }
 }
 

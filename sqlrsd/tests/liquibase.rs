@@ -69,7 +69,10 @@ impl Pg {
             .start(
                 &data,
                 &dir.path().join("run"),
-                &ServerOptions { durable: false },
+                &ServerOptions {
+                    durable: false,
+                    port: None,
+                },
             )
             .await
             .unwrap_or_else(|e| panic!("{e}"));

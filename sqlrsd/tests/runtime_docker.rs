@@ -17,7 +17,10 @@ use sqlrsd::runtime::{Runtime, RuntimeError, ServerHandle, ServerOptions, genera
 use tempfile::TempDir;
 use tokio_util::sync::CancellationToken;
 
-const OPTS: ServerOptions = ServerOptions { durable: false };
+const OPTS: ServerOptions = ServerOptions {
+    durable: false,
+    port: None,
+};
 
 fn image() -> String {
     std::env::var("SQLRS_TEST_IMAGE").unwrap_or_else(|_| "sqlrs/postgres:15".into())

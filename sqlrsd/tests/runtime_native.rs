@@ -12,7 +12,10 @@ use sqlrsd::runtime::{
 use tempfile::TempDir;
 use tokio_util::sync::CancellationToken;
 
-const OPTS: ServerOptions = ServerOptions { durable: false };
+const OPTS: ServerOptions = ServerOptions {
+    durable: false,
+    port: None,
+};
 
 fn runtime() -> NativeRuntime {
     NativeRuntime::detect(&NativeConfig::default()).unwrap_or_else(|e| {

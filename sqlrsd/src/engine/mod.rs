@@ -431,7 +431,10 @@ impl Engine {
         let outcome = self.prepare(&job, input, delivery).await;
         let cancelled = job.cancel.is_cancelled();
         let (status, kind) = match outcome {
-            Ok(instance) => (RunStatus::Succeeded, EventKind::Succeeded(instance)),
+            Ok(instance) => (
+                RunStatus::Succeeded,
+                EventKind::Succeeded(instance.map(Box::new)),
+            ),
             Err(Stop::Cancelled) => (RunStatus::Cancelled, EventKind::Cancelled),
             Err(Stop::Failed(_)) if cancelled => (RunStatus::Cancelled, EventKind::Cancelled),
             Err(Stop::Failed(f)) => (RunStatus::Failed, EventKind::Failed(f)),
@@ -766,11 +769,17 @@ impl Engine {
         }
         if self.snapshotter.atomic() {
             self.snapshotter.snapshot(data, &tmp)?;
+            crate::failpoint::hit("snapshot");
             std::fs::rename(&tmp, &dst).map_err(io_err(&dst))?;
         } else {
             snapshot::write_back(data)?;
+            crate::failpoint::hit("snapshot");
             std::fs::rename(data, &dst).map_err(io_err(&dst))?;
         }
+        // The rename itself reaches the disk before the index names the
+        // state: after a power cut the index never names a missing directory.
+        sync_dir(&self.store.states_dir())?;
+        crate::failpoint::hit("record");
         let size = self.snapshotter.usage(&dst).unwrap_or(0);
         let now = now_ms();
         self.index.put_state(&StateRecord {
@@ -788,7 +797,10 @@ impl Engine {
     }
 
     fn server_options() -> ServerOptions {
-        ServerOptions { durable: false }
+        ServerOptions {
+            durable: false,
+            port: None,
+        }
     }
 
     /// Builds steps `from..` on a clone of `parent`; the build server becomes
@@ -909,6 +921,7 @@ impl Engine {
                 );
                 return Err(stop);
             }
+            crate::failpoint::hit("step");
             // Snapshot: atomic backends take the running server after a
             // checkpoint; the others need it stopped.
             let id = chain.ids[k].to_hex();
@@ -952,6 +965,7 @@ impl Engine {
         }
         let start_task = chain.steps.len() as u32 + 1;
         self.set_task(job, start_task, |t| t.status = RunStatus::Running);
+        crate::failpoint::hit("hand_out");
         self.hand_out(runtime, record, &server).await?;
         self.set_task(job, start_task, |t| {
             t.status = RunStatus::Succeeded;
@@ -1134,6 +1148,7 @@ impl Engine {
             tracing::warn!(instance = %record.id, "stopping the server failed: {e}");
         }
         let data = self.store.instance_data(&record.id);
+        crate::runtime::stop_stray(&data).await;
         if data.exists()
             && let Err(e) = self.snapshotter.remove(&data)
         {
@@ -1196,6 +1211,14 @@ impl Engine {
         if inst.status == InstanceStatus::Building {
             return Ok(inst);
         }
+        if inst.status == InstanceStatus::Lost {
+            return Err(EngineError::InvalidRequest(format!(
+                "instance {} is lost: {}; remove it with `sqlrs rm {}` and prepare again",
+                inst.id,
+                inst.note.as_deref().unwrap_or("its data is gone"),
+                inst.id
+            )));
+        }
         let rt = self
             .runtimes
             .for_instance(&inst.runtime, &inst.image)
@@ -1214,19 +1237,43 @@ impl Engine {
             )));
         }
         tracing::info!(instance = %inst.id, "its server is gone; starting it again");
+        self.restart(rt.as_ref(), &mut inst).await?;
+        Ok(inst)
+    }
+
+    /// Starts an instance's server again on its data (its old port first, so
+    /// the DSN stays when that port is free) with its password, and records it.
+    async fn restart(
+        &self,
+        rt: &dyn Runtime,
+        inst: &mut InstanceRecord,
+    ) -> Result<(), EngineError> {
+        let data = self.store.instance_data(&inst.id);
+        crate::runtime::stop_stray(&data).await;
+        let opts = ServerOptions {
+            port: inst.server.as_ref().map(|s| s.port),
+            ..Self::server_options()
+        };
         let server = rt
-            .start(
-                &data,
-                &self.store.instance_run(&inst.id),
-                &Self::server_options(),
-            )
+            .start(&data, &self.store.instance_run(&inst.id), &opts)
             .await?;
         rt.set_password(&server, &inst.password).await?;
         inst.dsn = rt.dsn(&server, &inst.password);
+        inst.started_at_ms = now_ms();
         inst.server = Some(server);
         inst.status = InstanceStatus::Running;
-        self.index.put_instance(&inst)?;
-        Ok(inst)
+        inst.note = None;
+        self.index.put_instance(inst)?;
+        Ok(())
+    }
+
+    /// Marks an instance lost, keeping it listed until it is removed.
+    fn lose(&self, inst: &mut InstanceRecord, why: String) -> Result<(), EngineError> {
+        inst.status = InstanceStatus::Lost;
+        inst.server = None;
+        inst.note = Some(why);
+        self.index.put_instance(inst)?;
+        Ok(())
     }
 
     pub async fn delete_instance(
@@ -1468,18 +1515,28 @@ impl Engine {
         let mut known = HashSet::new();
         for mut inst in self.index.instances()? {
             let data = self.store.instance_data(&inst.id);
-            if matches!(inst.status, InstanceStatus::Building | InstanceStatus::Warm)
-                || !data.is_dir()
-            {
+            if matches!(inst.status, InstanceStatus::Building | InstanceStatus::Warm) {
                 self.discard_instance(&inst).await;
                 continue;
             }
             known.insert(inst.id.clone());
+            if inst.status == InstanceStatus::Lost {
+                continue;
+            }
+            if !data.is_dir() {
+                tracing::warn!(instance = %inst.id, "its data directory is gone");
+                self.lose(
+                    &mut inst,
+                    format!("its data directory {} is gone", data.display()),
+                )?;
+                continue;
+            }
             let rt = match self.runtimes.for_instance(&inst.runtime, &inst.image).await {
                 Ok(rt) => rt.runtime,
                 Err(e) => {
                     tracing::warn!(instance = %inst.id, "its runtime is unavailable: {e}");
                     inst.status = InstanceStatus::Stopped;
+                    inst.note = Some(format!("its runtime is unavailable: {e}"));
                     self.index.put_instance(&inst)?;
                     continue;
                 }
@@ -1487,21 +1544,17 @@ impl Engine {
             if inst.server.as_ref().is_some_and(|s| rt.is_running(s)) {
                 continue;
             }
-            // The server (or its container) is gone: start it again on its data.
-            let run = self.store.instance_run(&inst.id);
-            match rt.start(&data, &run, &Self::server_options()).await {
-                Ok(server) => {
-                    rt.set_password(&server, &inst.password).await?;
-                    inst.dsn = rt.dsn(&server, &inst.password);
-                    inst.server = Some(server);
-                    inst.status = InstanceStatus::Running;
-                }
+            // The server (or its container) is gone: start it again on its
+            // data, on its old port when free, so the DSN stays.
+            match self.restart(rt.as_ref(), &mut inst).await {
+                Ok(()) => {}
                 Err(e) => {
                     tracing::warn!(instance = %inst.id, "cannot restart: {e}");
                     inst.status = InstanceStatus::Stopped;
+                    inst.note = Some(format!("cannot start its server again: {e}"));
+                    self.index.put_instance(&inst)?;
                 }
             }
-            self.index.put_instance(&inst)?;
         }
         // Containers labelled as this store's that no instance owns.
         let known_ids: Vec<String> = known.iter().cloned().collect();
@@ -1518,6 +1571,7 @@ impl Engine {
             let name = e.file_name().to_string_lossy().into_owned();
             if !known.contains(&name) {
                 let data = e.path().join("data");
+                crate::runtime::stop_stray(&data).await;
                 if data.exists() {
                     let _ = self.snapshotter.remove(&data);
                 }
@@ -1656,6 +1710,13 @@ async fn write_back_while_running(data: &Path) -> std::convert::Infallible {
             tracing::debug!("background write-back failed: {e}");
         }
     }
+}
+
+/// Makes the entries of directory `path` (renames into it) durable.
+fn sync_dir(path: &Path) -> Result<(), EngineError> {
+    std::fs::File::open(path)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(path))
 }
 
 fn dir_size(path: &Path) -> u64 {

@@ -279,6 +279,7 @@ impl Engine {
         self.index.put_instance(&record)?;
         let result = async {
             let server = self.clone_and_start(&rt, &record).await?;
+            crate::failpoint::hit("warm_start");
             record.started_at_ms = now_ms();
             let password = generate_password();
             rt.runtime.set_password(&server, &password).await?;
@@ -320,6 +321,7 @@ impl Engine {
             expires_at_ms: 0,
             from_pool: false,
             started_at_ms: 0,
+            note: None,
         }
     }
 
@@ -454,6 +456,12 @@ impl Engine {
 
     /// Stops every warm instance (at shutdown: they are cheap to start again).
     pub async fn drain_pool(&self) {
+        // Starts under way finish first: a server started on a folder being
+        // removed would outlive the daemon.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while self.pool.close() > 0 && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         let Ok(instances) = self.index.instances() else {
             return;
         };

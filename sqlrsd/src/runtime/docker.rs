@@ -951,8 +951,10 @@ impl Runtime for DockerRuntime {
         let run_dir = absolute(run_dir)?;
         self.prepare_data_dir(&data_dir).await?;
         self.prepare_run_dir(&run_dir)?;
-        let server =
-            launch::on_free_port(|port| self.launch(&data_dir, &run_dir, port, opts)).await?;
+        let server = launch::on_free_port(opts.port, |port| {
+            self.launch(&data_dir, &run_dir, port, opts)
+        })
+        .await?;
         tracing::debug!(
             pid = server.pid, port = server.port, dir = %data_dir.display(),
             elapsed_ms = started.elapsed().as_millis() as u64,

@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::ids::EngineIdentity;
 
-pub use native::{NativeConfig, NativeRuntime};
+pub use native::{NativeConfig, NativeRuntime, stop_stray};
 
 /// What a runtime is, for `sqlrs status`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,6 +77,9 @@ pub struct ServerOptions {
     /// synced by the store before they are recorded, so build and instance
     /// servers need not pay for durability.
     pub durable: bool,
+    /// The port to try first: an instance started again keeps its DSN when
+    /// its old port is free. Another free port is taken when it is not.
+    pub port: Option<u16>,
 }
 
 /// What psql printed when it succeeded.

@@ -324,8 +324,10 @@ impl Runtime for NativeRuntime {
         let run_dir = absolute(run_dir)?;
         self.prepare_data_dir(&data_dir)?;
         self.prepare_run_dir(&run_dir)?;
-        let server =
-            launch::on_free_port(|port| self.launch(&data_dir, &run_dir, port, opts)).await?;
+        let server = launch::on_free_port(opts.port, |port| {
+            self.launch(&data_dir, &run_dir, port, opts)
+        })
+        .await?;
         tracing::debug!(
             pid = server.pid, port = server.port, dir = %data_dir.display(),
             elapsed_ms = started.elapsed().as_millis() as u64,
@@ -721,6 +723,28 @@ fn postmaster_ready(data_dir: &Path, pid: u32) -> bool {
         .is_ok_and(|c| pid_file_status(&c, pid) == Some("ready"))
 }
 
+/// Stops a postmaster still serving `data_dir` that nobody tracks (its
+/// daemon died between starting it and recording it): immediate shutdown,
+/// then SIGKILL of its process group. True when one was found.
+pub async fn stop_stray(data_dir: &Path) -> bool {
+    let Ok(contents) = fs::read_to_string(data_dir.join("postmaster.pid")) else {
+        return false;
+    };
+    let Some(pid) = pid_file_owner(&contents) else {
+        return false;
+    };
+    if postmaster_of(pid, data_dir) != Ownership::This {
+        return false;
+    }
+    tracing::info!(pid, dir = %data_dir.display(), "stopping a server nobody tracks");
+    send_signal(pid, libc::SIGQUIT);
+    if !wait_gone(pid, Duration::from_secs(5)).await {
+        signal_group(pid, libc::SIGKILL);
+        wait_gone(pid, Duration::from_secs(5)).await;
+    }
+    true
+}
+
 /// A postmaster.pid copied along with a snapshot names a process that does
 /// not serve this directory; only a live postmaster of this very directory
 /// keeps its lock file.
@@ -960,7 +984,10 @@ mod tests {
 
     #[test]
     fn settings_reject_unusable_socket_dirs() {
-        let opts = ServerOptions { durable: false };
+        let opts = ServerOptions {
+            durable: false,
+            port: None,
+        };
         let long = PathBuf::from(format!("/{}", "x".repeat(100)));
         for dir in [long, PathBuf::from("/tmp/with\"quote")] {
             assert!(matches!(
@@ -971,7 +998,14 @@ mod tests {
         let settings = server_settings(5432, Path::new("/run/x"), &opts).unwrap();
         assert!(settings.contains(&"unix_socket_directories=\"/run/x\"".to_string()));
         assert!(settings.contains(&"fsync=off".to_string()));
-        let durable = server_settings(5432, Path::new("/run/x"), &ServerOptions { durable: true });
+        let durable = server_settings(
+            5432,
+            Path::new("/run/x"),
+            &ServerOptions {
+                durable: true,
+                port: None,
+            },
+        );
         assert!(
             durable
                 .unwrap()
