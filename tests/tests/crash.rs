@@ -1,0 +1,213 @@
+//! Crash safety through the real binaries: sqlrsd aborted (like `kill -9`)
+//! at each crash point of a build (`SQLRS_CRASH_AT`, see
+//! sqlrsd/src/failpoint.rs) or killed at random moments, then started
+//! again. Afterwards: every indexed state has a complete directory, no
+//! directory lacks an index entry, no server runs that no listed instance
+//! owns, instances handed out before the crash answer at the same DSN, and
+//! the next prepare is correct.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use sqlrs_e2e::{Backend, Sandbox, find_key, json_list, postgres_servers_under, run};
+
+const CHAIN: [&str; 4] = [
+    "-c",
+    "create table x(v int)",
+    "-c",
+    "insert into x values (1), (2)",
+];
+
+fn daemon_pid(sb: &Sandbox) -> Option<u32> {
+    let out = sb.sqlrs(&["--output", "json", "daemon", "status"]);
+    if !out.success() {
+        return None;
+    }
+    find_key(&out.json(), "pid")
+        .and_then(Value::as_u64)
+        .map(|p| p as u32)
+}
+
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(") ").map(|(_, r)| r.starts_with(['Z', 'X'])))
+        .is_some_and(|zombie| !zombie)
+}
+
+fn wait_gone(pid: u32) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while alive(pid) {
+        assert!(Instant::now() < deadline, "sqlrsd {pid} did not go away");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Starts sqlrsd with `SQLRS_CRASH_AT=point`.
+fn start_armed(sb: &Sandbox, point: &str) -> u32 {
+    let mut cmd = sb.sqlrs_command(&["daemon", "start"]);
+    cmd.env("SQLRS_CRASH_AT", point);
+    let out = run(cmd, Duration::from_secs(60));
+    assert!(out.success(), "{}", sb.explain(&out));
+    daemon_pid(sb).expect("the armed daemon runs")
+}
+
+/// What the store must look like after a restart, once the pool settled.
+fn check_store(sb: &Sandbox, when: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let status = sb.json(&["status"]);
+        let starting = find_key(&status, "starting").and_then(Value::as_u64);
+        if starting == Some(0) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{when}: the pool never settled");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let store = sb.state_dir();
+    let indexed: BTreeSet<String> = sb.state_ids().into_iter().collect();
+    let on_disk: BTreeSet<String> = std::fs::read_dir(store.join("states"))
+        .expect("states dir")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        indexed, on_disk,
+        "{when}: index and state directories differ"
+    );
+    for id in &indexed {
+        let dir = store.join("states").join(id);
+        for file in ["PG_VERSION", "global/pg_control", "base"] {
+            assert!(
+                dir.join(file).exists(),
+                "{when}: state {id} lacks {file}: incomplete"
+            );
+        }
+    }
+    let listed = sb.json(&["ls", "--instances", "--warm"]);
+    let owned: BTreeSet<PathBuf> = json_list(&listed, "instances")
+        .iter()
+        .filter(|i| i["status"] == "running" || i["status"] == "warm")
+        .map(|i| {
+            let dir = PathBuf::from(i["data_dir"].as_str().unwrap_or_default());
+            dir.canonicalize().unwrap_or(dir)
+        })
+        .collect();
+    let running: BTreeSet<PathBuf> = postgres_servers_under(sb.root())
+        .into_iter()
+        .map(|s| s.data_dir)
+        .collect();
+    assert_eq!(
+        running, owned,
+        "{when}: servers running vs instances listed:\n{listed:#}"
+    );
+}
+
+fn crash_at(backend: Backend, point: &str) {
+    let sb = Sandbox::new(backend);
+    let kept = sb.prepare(&[
+        "-c",
+        "create table kept(v int); insert into kept values (7)",
+    ]);
+    sb.sqlrs_ok(&["daemon", "stop"]);
+    let pid = start_armed(&sb, point);
+    let mut args = vec!["prepare:psql", "--"];
+    if point == "warm_start" {
+        // A cache hit: its hand-out starts a warm replacement, which crashes.
+        args.extend([
+            "-c",
+            "create table kept(v int); insert into kept values (7)",
+        ]);
+    } else {
+        args.extend(CHAIN);
+    }
+    let during = sb.sqlrs(&args);
+    wait_gone(pid);
+    eprintln!("{point}: the prepare during the crash: {during}");
+
+    sb.sqlrs_ok(&["daemon", "start"]);
+    check_store(&sb, &format!("{} after a crash at {point}", backend.name()));
+    assert_eq!(
+        sb.query(&kept.dsn, "select v from kept"),
+        "7",
+        "the instance handed out before the crash answers at its DSN"
+    );
+    if let Some(dsn) = sqlrs_e2e::dsn_in(&during.stdout) {
+        assert_eq!(
+            sb.query(&dsn, "select 1"),
+            "1",
+            "an instance handed out just before the crash answers too"
+        );
+    }
+    let again = sb.prepare(&CHAIN);
+    assert_eq!(sb.query(&again.dsn, "select sum(v) from x"), "3");
+    check_store(&sb, &format!("{} after the next prepare", backend.name()));
+}
+
+macro_rules! crash_tests {
+    ($($name:ident: $backend:expr, $point:literal;)*) => {$(
+        #[test]
+        fn $name() {
+            crash_at($backend, $point);
+        }
+    )*};
+}
+
+crash_tests! {
+    crash_after_a_step_copy: Backend::Copy, "step";
+    crash_during_a_snapshot_copy: Backend::Copy, "snapshot";
+    crash_before_the_index_record_copy: Backend::Copy, "record";
+    crash_before_the_hand_out_copy: Backend::Copy, "hand_out";
+    crash_while_a_warm_instance_starts_copy: Backend::Copy, "warm_start";
+    crash_after_a_step_btrfs: Backend::Btrfs, "step";
+    crash_during_a_snapshot_btrfs: Backend::Btrfs, "snapshot";
+    crash_before_the_index_record_btrfs: Backend::Btrfs, "record";
+    crash_while_a_warm_instance_starts_btrfs: Backend::Btrfs, "warm_start";
+}
+
+/// `kill -9` at moments spread over a three-step build with slow steps.
+#[test]
+fn kill_9_at_random_moments() {
+    let sb = Sandbox::new(Backend::Copy);
+    let kept = sb.prepare(&[
+        "-c",
+        "create table kept(v int); insert into kept values (7)",
+    ]);
+    let slow = [
+        "-c",
+        "create table s(v int); select pg_sleep(0.4)",
+        "-c",
+        "insert into s select generate_series(1, 1000); select pg_sleep(0.4)",
+        "-c",
+        "insert into s values (0); select pg_sleep(0.4)",
+    ];
+    for (round, delay_ms) in [150u64, 500, 900, 1300, 1700].into_iter().enumerate() {
+        let pid = daemon_pid(&sb).expect("the daemon runs");
+        let mut args = vec!["prepare:psql", "--"];
+        args.extend(slow);
+        let mut cmd = sb.sqlrs_command(&args);
+        cmd.stdout(Stdio::null()).stderr(Stdio::null());
+        let mut child = cmd.spawn().expect("sqlrs starts");
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        // SAFETY: kill has no memory-safety preconditions.
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        wait_gone(pid);
+        let _ = child.wait();
+        sb.sqlrs_ok(&["daemon", "start"]);
+        let when = format!("after kill -9 at {delay_ms} ms (round {round})");
+        check_store(&sb, &when);
+        assert_eq!(sb.query(&kept.dsn, "select v from kept"), "7", "{when}");
+        // Some rounds leave the chain built; start the next from scratch.
+        let plan = sb.plan(&slow);
+        if plan.iter().any(|s| s.cached) {
+            let first = plan[0].state_id.clone();
+            sb.sqlrs_ok(&["rm", "--recurse", "--force", &first]);
+        }
+    }
+    let done = sb.prepare(&slow);
+    assert_eq!(sb.query(&done.dsn, "select count(*) from s"), "1001");
+    check_store(&sb, "at the end");
+}
