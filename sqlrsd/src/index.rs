@@ -275,6 +275,13 @@ impl Index {
         tx.commit().map_err(|e| self.err(e))
     }
 
+    /// How many events are stored, over every job.
+    pub fn event_count(&self) -> Result<u64, IndexError> {
+        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+        let t = tx.open_table(EVENTS).map_err(|e| self.err(e))?;
+        t.len().map_err(|e| self.err(e))
+    }
+
     pub fn events(&self, job: &str) -> Result<Vec<JobEvent>, IndexError> {
         let tx = self.db.begin_read().map_err(|e| self.err(e))?;
         let t = tx.open_table(EVENTS).map_err(|e| self.err(e))?;

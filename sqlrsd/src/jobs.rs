@@ -161,3 +161,46 @@ impl Jobs {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Thousands of jobs leave at most `keep` jobs with at most
+    /// `max_events` events each, and the index file stops growing: redb
+    /// reuses the pages of what was dropped.
+    #[test]
+    fn storage_stays_bounded_over_thousands_of_jobs() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("index.redb");
+        let index = Arc::new(Index::open(&path).unwrap());
+        let (keep, max_events) = (50, 8);
+        let jobs = Jobs::new(index.clone(), max_events, keep);
+        let mut size_at = Vec::new();
+        for n in 1..=3000 {
+            let job = jobs.create("prepare", format!("job {n}")).unwrap();
+            for k in 0..20 {
+                jobs.emit(&job, EventKind::Log(format!("line {k} of job {n}")))
+                    .unwrap();
+            }
+            jobs.update(&job, |r| r.status = RunStatus::Succeeded)
+                .unwrap();
+            jobs.finish(&job);
+            if n % 1000 == 0 {
+                size_at.push(std::fs::metadata(&path).unwrap().len());
+            }
+        }
+        assert!(index.job_count().unwrap() <= keep as u64 + 1);
+        assert!(
+            index.event_count().unwrap() <= (keep as u64 + 1) * (max_events as u64 + 1),
+            "{} events",
+            index.event_count().unwrap()
+        );
+        assert!(jobs.live_ids().is_empty());
+        // After the first thousand the file no longer grows.
+        assert!(
+            size_at[2] <= size_at[0] + size_at[0] / 5,
+            "index file grew: {size_at:?}"
+        );
+    }
+}
