@@ -30,8 +30,8 @@ use crate::store::Store;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
-    #[error("another sqlrsd already serves {}; stop it with `sqlrs daemon stop` or use other XDG_STATE_HOME", .0.display())]
-    AlreadyRunning(PathBuf),
+    #[error("another sqlrsd{} already serves {}; stop it with `sqlrs daemon stop` or use another XDG_STATE_HOME", .pid.map(|p| format!(" (pid {p})")).unwrap_or_default(), .store.display())]
+    AlreadyRunning { store: PathBuf, pid: Option<u32> },
     #[error("{}: {source}", path.display())]
     Io {
         path: PathBuf,
@@ -242,9 +242,14 @@ fn lock_store(path: &Path) -> Result<std::fs::File, DaemonError> {
     match file.try_lock() {
         Ok(()) => {}
         Err(std::fs::TryLockError::WouldBlock) => {
-            return Err(DaemonError::AlreadyRunning(
-                path.parent().unwrap_or(path).to_owned(),
-            ));
+            // The holder wrote its pid into the lock file.
+            let pid = std::fs::read_to_string(path)
+                .ok()
+                .and_then(|t| t.trim().parse().ok());
+            return Err(DaemonError::AlreadyRunning {
+                store: path.parent().unwrap_or(path).to_owned(),
+                pid,
+            });
         }
         Err(std::fs::TryLockError::Error(e)) => return Err(io(path)(e)),
     }

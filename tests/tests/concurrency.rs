@@ -82,6 +82,16 @@ fn parallel_prepares_of_one_chain_build_each_state_once() {
         per_state.values().all(|&n| n == 1),
         "a state was built more than once: {per_state:?}"
     );
+    // The jobs that waited were told whose build they waited for.
+    let told = prepared
+        .iter()
+        .filter(|p| {
+            let job = p.job_id.as_deref().expect("a prepare names its job");
+            let out = sb.sqlrs(&["watch", job]);
+            out.text().contains("waiting for job")
+        })
+        .count();
+    assert!(told >= 1, "no job said whose build it waited for");
 }
 
 #[test]

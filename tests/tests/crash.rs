@@ -211,3 +211,26 @@ fn kill_9_at_random_moments() {
     assert_eq!(sb.query(&done.dsn, "select count(*) from s"), "1001");
     check_store(&sb, "at the end");
 }
+
+#[test]
+fn a_second_daemon_on_the_same_store_refuses_naming_the_first() {
+    let sb = Sandbox::new(Backend::Copy);
+    sb.sqlrs_ok(&["daemon", "start"]);
+    let first = daemon_pid(&sb).expect("the daemon runs");
+    let bins = sqlrs_e2e::Binaries::locate().unwrap_or_else(|e| panic!("{e}"));
+    let mut cmd = std::process::Command::new(&bins.sqlrsd);
+    cmd.env("HOME", sb.root().join("home"))
+        .env("XDG_CONFIG_HOME", sb.root().join("config"))
+        .env("XDG_STATE_HOME", sb.root().join("state"))
+        .env("XDG_RUNTIME_DIR", sb.root().join("run"))
+        .stdin(Stdio::null());
+    let second = run(cmd, Duration::from_secs(30));
+    assert_eq!(second.code, Some(1), "{second}");
+    assert!(
+        second
+            .stderr
+            .contains(&format!("another sqlrsd (pid {first}) already serves")),
+        "{second}"
+    );
+    assert_eq!(daemon_pid(&sb), Some(first), "the first keeps serving");
+}

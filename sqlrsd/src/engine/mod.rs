@@ -214,6 +214,43 @@ impl ChainStep {
     }
 }
 
+/// The lock on building one state, and the job holding it. It lives in the
+/// daemon: it is released when its holder ends, however it ends (a failed,
+/// cancelled or panicked job drops it), and a daemon that dies takes every
+/// lock with it (one daemon per store; start-up reconciles what was built).
+#[derive(Default)]
+struct BuildLock {
+    mutex: tokio::sync::Mutex<()>,
+    owner: Mutex<Option<String>>,
+}
+
+impl BuildLock {
+    /// Takes the lock for `job`, telling it who it waits for when another
+    /// job holds it.
+    async fn acquire(
+        &self,
+        jobs: &Jobs,
+        job: &LiveJob,
+        what: &str,
+    ) -> tokio::sync::MutexGuard<'_, ()> {
+        let guard = match self.mutex.try_lock() {
+            Ok(guard) => guard,
+            Err(_) => {
+                let owner = self.owner.lock().expect("build lock owner").clone();
+                if let Some(owner) = owner {
+                    let _ = jobs.emit(
+                        job,
+                        EventKind::Log(format!("waiting for job {owner}, which builds {what}")),
+                    );
+                }
+                self.mutex.lock().await
+            }
+        };
+        *self.owner.lock().expect("build lock owner") = Some(job.id.clone());
+        guard
+    }
+}
+
 pub struct Engine {
     pub store: Store,
     pub index: Arc<Index>,
@@ -223,7 +260,7 @@ pub struct Engine {
     pub snapshotter: Box<dyn Snapshotter>,
     pub snapshotter_reason: String,
     /// Single flight: the first missing state of a build is locked while it is built.
-    build_locks: Mutex<HashMap<StateId, Arc<tokio::sync::Mutex<()>>>>,
+    build_locks: Mutex<HashMap<StateId, Arc<BuildLock>>>,
     /// Liquibase, for `prepare:lb`.
     pub liquibase: lb::LbTool,
     /// Warm instances of hot states.
@@ -282,7 +319,7 @@ impl Engine {
         }
     }
 
-    fn build_lock(&self, id: &StateId) -> Arc<tokio::sync::Mutex<()>> {
+    fn build_lock(&self, id: &StateId) -> Arc<BuildLock> {
         self.build_locks
             .lock()
             .expect("build locks")
@@ -657,8 +694,11 @@ impl Engine {
         let lock = self.build_lock(&locked);
         let result = tokio::select! {
             result = async {
+                // The lock first: a job waiting for another's build of the
+                // same state holds no build slot meanwhile.
+                let what = format!("state {}", locked.to_hex());
+                let _guard = lock.acquire(&self.jobs, job, &what).await;
                 let _slot = self.scheduler.acquire(priority).await;
-                let _guard = lock.lock().await;
                 let cached = self.cached_prefix(chain)?;
                 self.finish_prepare(job, chain, cached, delivery).await
             } => result,
@@ -728,7 +768,7 @@ impl Engine {
     async fn ensure_base(&self, rt: &Selected, base: &StateId) -> Result<(), EngineError> {
         let runtime = &rt.runtime;
         let lock = self.build_lock(base);
-        let _g = lock.lock().await;
+        let _g = lock.mutex.lock().await;
         if self.is_cached(base)? {
             return Ok(());
         }
