@@ -12,7 +12,10 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use sqlrs_e2e::{Backend, Sandbox, find_key, json_list, postgres_servers_under, run};
+use sqlrs_e2e::{
+    Backend, LABEL_DATA_DIR, LABEL_MANAGED, Runtime, Sandbox, find_key, json_list,
+    postgres_servers_under, run,
+};
 
 const CHAIN: [&str; 4] = [
     "-c",
@@ -96,18 +99,35 @@ fn check_store(sb: &Sandbox, when: &str) {
             dir.canonicalize().unwrap_or(dir)
         })
         .collect();
-    let running: BTreeSet<PathBuf> = postgres_servers_under(sb.root())
-        .into_iter()
-        .map(|s| s.data_dir)
-        .collect();
+    let running: BTreeSet<PathBuf> = match sb.runtime() {
+        Runtime::Native => postgres_servers_under(sb.root())
+            .into_iter()
+            .map(|s| s.data_dir)
+            .collect(),
+        // Containers, running or not, labelled with a data directory here.
+        Runtime::Docker => {
+            let format = format!("{{{{.Label \"{LABEL_DATA_DIR}\"}}}}");
+            let filter = format!("label={LABEL_MANAGED}=true");
+            let listed = sb
+                .docker_env()
+                .docker_ok(&["ps", "-a", "--filter", &filter, "--format", &format]);
+            listed
+                .stdout
+                .lines()
+                .map(PathBuf::from)
+                .filter(|dir| dir.starts_with(sb.root()))
+                .map(|dir| dir.canonicalize().unwrap_or(dir))
+                .collect()
+        }
+    };
     assert_eq!(
         running, owned,
         "{when}: servers running vs instances listed:\n{listed:#}"
     );
 }
 
-fn crash_at(backend: Backend, point: &str) {
-    let sb = Sandbox::new(backend);
+fn crash_at(runtime: Runtime, backend: Backend, point: &str) {
+    let sb = Sandbox::on(runtime, backend);
     let kept = sb.prepare(&[
         "-c",
         "create table kept(v int); insert into kept values (7)",
@@ -148,24 +168,28 @@ fn crash_at(backend: Backend, point: &str) {
 }
 
 macro_rules! crash_tests {
-    ($($name:ident: $backend:expr, $point:literal;)*) => {$(
+    ($($name:ident: $runtime:ident, $backend:ident, $point:literal;)*) => {$(
         #[test]
         fn $name() {
-            crash_at($backend, $point);
+            crash_at(Runtime::$runtime, Backend::$backend, $point);
         }
     )*};
 }
 
 crash_tests! {
-    crash_after_a_step_copy: Backend::Copy, "step";
-    crash_during_a_snapshot_copy: Backend::Copy, "snapshot";
-    crash_before_the_index_record_copy: Backend::Copy, "record";
-    crash_before_the_hand_out_copy: Backend::Copy, "hand_out";
-    crash_while_a_warm_instance_starts_copy: Backend::Copy, "warm_start";
-    crash_after_a_step_btrfs: Backend::Btrfs, "step";
-    crash_during_a_snapshot_btrfs: Backend::Btrfs, "snapshot";
-    crash_before_the_index_record_btrfs: Backend::Btrfs, "record";
-    crash_while_a_warm_instance_starts_btrfs: Backend::Btrfs, "warm_start";
+    crash_after_a_step_copy: Native, Copy, "step";
+    crash_during_a_snapshot_copy: Native, Copy, "snapshot";
+    crash_before_the_index_record_copy: Native, Copy, "record";
+    crash_before_the_hand_out_copy: Native, Copy, "hand_out";
+    crash_while_a_warm_instance_starts_copy: Native, Copy, "warm_start";
+    crash_after_a_step_btrfs: Native, Btrfs, "step";
+    crash_during_a_snapshot_btrfs: Native, Btrfs, "snapshot";
+    crash_before_the_index_record_btrfs: Native, Btrfs, "record";
+    crash_while_a_warm_instance_starts_btrfs: Native, Btrfs, "warm_start";
+    crash_after_a_step_docker: Docker, Copy, "step";
+    crash_before_the_index_record_docker: Docker, Copy, "record";
+    crash_before_the_hand_out_docker: Docker, Copy, "hand_out";
+    crash_while_a_warm_instance_starts_docker: Docker, Copy, "warm_start";
 }
 
 /// `kill -9` at moments spread over a three-step build with slow steps.
