@@ -111,6 +111,7 @@ impl BlobStore {
     pub fn ingest_bytes(&self, bytes: &[u8]) -> Result<Digest, BlobError> {
         let digest = Digest::of(bytes);
         if self.contains(&digest) {
+            self.touch(&digest);
             return Ok(digest);
         }
         let (tmp_path, mut tmp) = self.temp_file()?;
@@ -137,6 +138,7 @@ impl BlobStore {
         {
             drop(tmp);
             let _ = fs::remove_file(&tmp_path);
+            self.touch(d);
             return Ok(*d);
         }
         let digest = match copied.and_then(|d| {
@@ -197,6 +199,51 @@ impl BlobStore {
             }
         }
         Ok(PsqlInvocation { args, cwd, stdin })
+    }
+
+    /// Marks a blob used now (its modification time), so collection keeps it.
+    fn touch(&self, d: &Digest) {
+        let path = self.path_of(d);
+        if let Err(e) = File::open(&path).and_then(|f| f.set_modified(SystemTime::now())) {
+            tracing::debug!("cannot mark {} used: {e}", path.display());
+        }
+    }
+
+    /// Removes blobs last used before `unused_for` ago that `keep` does not
+    /// hold; returns how many and their bytes. Blobs are copies of the
+    /// user's inputs: the next plan that needs one stores it again.
+    pub fn collect(&self, unused_for: Duration, keep: impl Fn(&Digest) -> bool) -> (usize, u64) {
+        let cutoff = SystemTime::now().checked_sub(unused_for);
+        let (mut count, mut bytes) = (0, 0);
+        let Ok(fans) = fs::read_dir(self.sha_dir()) else {
+            return (0, 0);
+        };
+        for fan in fans.flatten() {
+            let Ok(files) = fs::read_dir(fan.path()) else {
+                continue;
+            };
+            for file in files.flatten() {
+                let name = file.file_name();
+                let Some(digest) = name.to_str().and_then(|n| n.parse::<Digest>().ok()) else {
+                    continue;
+                };
+                let Ok(meta) = file.metadata() else {
+                    continue;
+                };
+                let recent = match (meta.modified(), cutoff) {
+                    (Ok(m), Some(c)) => m > c,
+                    _ => true,
+                };
+                if recent || keep(&digest) {
+                    continue;
+                }
+                if fs::remove_file(file.path()).is_ok() {
+                    count += 1;
+                    bytes += meta.len();
+                }
+            }
+        }
+        (count, bytes)
     }
 
     fn existing(&self, d: &Digest) -> Result<PathBuf, BlobError> {
@@ -479,6 +526,33 @@ mod tests {
 
     fn mode(p: &Path) -> u32 {
         fs::metadata(p).unwrap().mode() & 0o777
+    }
+
+    #[test]
+    fn collection_removes_unused_blobs_and_keeps_held_or_recent_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(&dir.path().join("blobs")).unwrap();
+        let old = store.ingest_bytes(b"old").unwrap();
+        let held = store.ingest_bytes(b"held").unwrap();
+        let fresh = store.ingest_bytes(b"fresh").unwrap();
+        let day_ago = SystemTime::now() - Duration::from_secs(86_400);
+        for d in [&old, &held] {
+            File::open(store.path_of(d))
+                .unwrap()
+                .set_modified(day_ago)
+                .unwrap();
+        }
+        let (n, bytes) = store.collect(Duration::from_secs(3600), |d| *d == held);
+        assert_eq!((n, bytes), (1, 3));
+        assert!(!store.contains(&old));
+        assert!(store.contains(&held) && store.contains(&fresh));
+        // Stored again, a blob counts as used now.
+        File::open(store.path_of(&held))
+            .unwrap()
+            .set_modified(day_ago)
+            .unwrap();
+        assert_eq!(store.ingest_bytes(b"held").unwrap(), held);
+        assert_eq!(store.collect(Duration::from_secs(3600), |_| false), (0, 0));
     }
 
     #[test]

@@ -418,16 +418,35 @@ impl Engine {
     /// the free-space reserve; returns the pressure left.
     pub async fn evict(self: &Arc<Self>, trigger: &str) -> Result<Pressure, EngineError> {
         let _one = self.cache.evicting.lock().await;
-        let m = self.measure().await?;
+        let mut m = self.measure().await?;
         let limits = self.cache.limits;
-        let pressure = limits.pressure(
-            m.entries.iter().map(|e| e.extents.bytes()).sum::<u64>() + m.blobs_bytes,
-            m.free_bytes,
-        );
+        let rough = |m: &Measured| {
+            limits.pressure(
+                m.entries.iter().map(|e| e.extents.bytes()).sum::<u64>() + m.blobs_bytes,
+                m.free_bytes,
+            )
+        };
         // The sum over-counts shared blocks: an exact look only when it
         // may matter.
-        if pressure == Pressure::Ok {
-            return Ok(pressure);
+        if rough(&m) == Pressure::Ok {
+            return Ok(Pressure::Ok);
+        }
+        // Stored inputs go first: the next plan that needs one stores it
+        // again from the user's file.
+        let leased = self.cache.leased();
+        let blobs = self.blobs.clone();
+        let min_age = limits.min_age;
+        let (n, bytes) = tokio::task::spawn_blocking(move || {
+            blobs.collect(min_age, |d| leased.contains(&super::blob_lease(d)))
+        })
+        .await
+        .expect("blob collection panicked");
+        if n > 0 {
+            tracing::info!(blobs = n, freed = %mib(bytes), "collected stored inputs {trigger}");
+            m = self.measure().await?;
+            if rough(&m) == Pressure::Ok {
+                return Ok(Pressure::Ok);
+            }
         }
         let plan = cache::plan(
             &m.entries,

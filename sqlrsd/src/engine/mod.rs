@@ -193,6 +193,34 @@ enum ChainStep {
     Changeset(lb::ChangesetStep),
 }
 
+impl Chain {
+    /// The stored inputs its steps run from.
+    fn blobs(&self) -> impl Iterator<Item = ids::Digest> + '_ {
+        let psql = self.steps.iter().flat_map(|s| match s {
+            ChainStep::Psql(step) => step
+                .inputs
+                .iter()
+                .map(|i| i.digest)
+                .chain(match &step.kind {
+                    planner::StepKind::Stdin { digest } => Some(*digest),
+                    _ => None,
+                })
+                .collect(),
+            ChainStep::Changeset(_) => Vec::new(),
+        });
+        let lb = self
+            .lb
+            .iter()
+            .flat_map(|lb| lb.closure.files.iter().map(|f| f.digest));
+        psql.chain(lb)
+    }
+}
+
+/// The lease key of a stored input.
+fn blob_lease(d: &ids::Digest) -> String {
+    format!("blob:{d}")
+}
+
 impl ChainStep {
     fn summary(&self) -> &str {
         match self {
@@ -396,7 +424,10 @@ impl Engine {
             let this = self.clone();
             let steps = tokio::task::spawn_blocking(move || {
                 let key = planner::memo::key(&input.args, &input.cwd, input.stdin.as_deref());
-                if let Some(steps) = this.plan_memo.get(&key, ingest) {
+                if let Some(steps) = this.plan_memo.get(&key, ingest)
+                    // Stored inputs may have been collected since.
+                    && (!ingest || steps.iter().all(|s| step_blobs_present(&this.blobs, s)))
+                {
                     return Ok(steps.as_ref().clone());
                 }
                 let planned_at = std::time::SystemTime::now();
@@ -675,11 +706,13 @@ impl Engine {
         delivery: &Delivery,
     ) -> Result<Option<InstanceRecord>, Stop> {
         let n = chain.steps.len();
-        // What the chain reads stays while it runs.
+        // What the chain reads stays while it runs: its states and the
+        // stored copies of its inputs.
         let _lease = self.cache.lease(
             std::iter::once(&chain.base)
                 .chain(&chain.ids)
-                .map(StateId::to_hex),
+                .map(StateId::to_hex)
+                .chain(chain.blobs().map(|d| blob_lease(&d))),
         );
         // Longest cached prefix; the first missing state is built once.
         let first_missing = self.cached_prefix(chain)?;
@@ -1750,6 +1783,14 @@ async fn write_back_while_running(data: &Path) -> std::convert::Infallible {
             tracing::debug!("background write-back failed: {e}");
         }
     }
+}
+
+fn step_blobs_present(blobs: &BlobStore, step: &Step) -> bool {
+    step.inputs.iter().all(|i| blobs.contains(&i.digest))
+        && match &step.kind {
+            planner::StepKind::Stdin { digest } => blobs.contains(digest),
+            _ => true,
+        }
 }
 
 /// Makes the entries of directory `path` (renames into it) durable.
