@@ -267,3 +267,69 @@ fn a_full_cache_fails_the_step_and_keeps_what_it_has() {
     let ok = sb.sqlrs(&args);
     assert!(ok.success(), "{}", sb.explain(&ok));
 }
+
+/// The head of a watched alias and of a pinned alias are kept; a pinned
+/// alias follows its chain to the new head after an edit.
+#[test]
+fn watched_and_pinned_alias_heads_are_kept() {
+    let sb = Sandbox::new(Backend::Copy);
+    configure(&sb, "");
+    restart(&sb);
+    // A watched workspace with alias `db`, and `keep` in a subfolder.
+    sb.sqlrs_ok(&["init"]);
+    sb.write("db.prep.s9s.yaml", "kind: psql\nargs: [-f, db.sql]\n");
+    sb.write("db.sql", "create table d(v int);\n");
+    sb.write(
+        "other/keep.prep.s9s.yaml",
+        "kind: psql\nargs: [-f, keep.sql]\n",
+    );
+    sb.write("other/keep.sql", "create table k(v int);\n");
+    let db = prepared_from(sb.json(&["prepare", "db"]));
+    sb.sqlrs_ok(&["rm", "--force", &db.instance_id]);
+    let other_dir = sb.project().join("other");
+    let keep = prepared_from(sb.json_in(&other_dir, &["prepare", "keep"]));
+    sb.sqlrs_ok(&["rm", "--force", &keep.instance_id]);
+    let loose = build(&sb, "loose");
+    sb.sqlrs_ok(&["watch"]);
+    let pinned = sb.sqlrs_in(&other_dir, &["pin", "keep"]);
+    assert!(pinned.success(), "{}", sb.explain(&pinned));
+    assert!(pinned.stdout.contains("pinned alias"), "{pinned}");
+
+    let protected = |id: &str| find_str(&detail(&sb, id), "protected").map(str::to_owned);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while protected(&db.state_id).as_deref() != Some("head of a watched alias") {
+        assert!(
+            Instant::now() < deadline,
+            "the watched head is not protected: {:?}",
+            detail(&sb, &db.state_id)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let keep_protection = protected(&keep.state_id).unwrap_or_default();
+    assert!(
+        keep_protection.starts_with("head of pinned alias")
+            && keep_protection.ends_with("keep.prep.s9s.yaml"),
+        "{keep_protection}"
+    );
+    assert_eq!(
+        protected(&loose),
+        None,
+        "an unreferenced state is evictable"
+    );
+
+    // The pin follows the alias to its new head.
+    sb.write("other/keep.sql", "create table k(v int, w int);\n");
+    let edited = prepared_from(sb.json_in(&other_dir, &["prepare", "keep"]));
+    sb.sqlrs_ok(&["rm", "--force", &edited.instance_id]);
+    let now = protected(&edited.state_id).unwrap_or_default();
+    assert!(now.starts_with("head of pinned alias"), "{now}");
+    assert_eq!(
+        protected(&keep.state_id),
+        None,
+        "the old head is free again"
+    );
+    let pins = sb.json(&["pin"]);
+    assert_eq!(pins.as_array().map(Vec::len), Some(1), "{pins:#}");
+    let gone = sb.sqlrs_in(&other_dir, &["unpin", "keep"]);
+    assert!(gone.success() && gone.stdout.contains("unpinned"), "{gone}");
+}
