@@ -417,9 +417,15 @@ impl Engine {
     /// Evicts states while the cache is above its high watermark or into
     /// the free-space reserve; returns the pressure left.
     pub async fn evict(self: &Arc<Self>, trigger: &str) -> Result<Pressure, EngineError> {
+        let limits = self.cache.limits;
+        // Without a byte limit only free space matters: one statvfs.
+        if limits.max_bytes.is_none()
+            && limits.pressure(0, free_bytes(&self.store.states_dir())?) == Pressure::Ok
+        {
+            return Ok(Pressure::Ok);
+        }
         let _one = self.cache.evicting.lock().await;
         let mut m = self.measure().await?;
-        let limits = self.cache.limits;
         let rough = |m: &Measured| {
             limits.pressure(
                 m.entries.iter().map(|e| e.extents.bytes()).sum::<u64>() + m.blobs_bytes,
