@@ -254,7 +254,10 @@ fn states_tree(states: &[State], now: u64, details: bool) -> String {
             ];
             if details {
                 columns.extend([
-                    format!("{} uses", s.use_count),
+                    match s.use_count {
+                        1 => "1 use".to_owned(),
+                        n => format!("{n} uses"),
+                    },
                     format!("built in {}", render::duration(s.build_ms)),
                     format!(
                         "own {}, frees {}",
@@ -495,12 +498,12 @@ aaaaaaaaaaaa      base PostgreSQL 15  38.0 MiB  created 1h ago   used -
         let lines: Vec<&str> = detailed.lines().collect();
         assert!(
             lines[0].ends_with(
-                "1 uses  built in 1.5s  own 38.0 MiB, frees 30.0 MiB  kept: has descendant states"
+                "1 use  built in 1.5s  own 38.0 MiB, frees 30.0 MiB  kept: has descendant states"
             ),
             "{detailed}"
         );
         assert!(
-            lines[1].ends_with("1 uses  built in 1.5s  own 40.0 MiB, frees 2.0 MiB   evictable"),
+            lines[1].ends_with("1 use  built in 1.5s  own 40.0 MiB, frees 2.0 MiB   evictable"),
             "{detailed}"
         );
         let item = StateItem::from(&states[1]);
