@@ -257,12 +257,19 @@ pub struct ErrorItem {
 }
 
 impl ErrorItem {
-    /// `<file>:<line>: <message>`, leaving out what the error lacks.
+    /// `<file>:<line>: <message>`, leaving out what the error lacks, and
+    /// the location once when the message starts with it already (the
+    /// planner's messages do).
     pub fn located(&self) -> String {
-        match (&self.file, self.line) {
-            (None, _) => self.message.clone(),
-            (Some(file), None) => format!("{file}: {}", self.message),
-            (Some(file), Some(line)) => format!("{file}:{line}: {}", self.message),
+        let at = match (&self.file, self.line) {
+            (None, _) => return self.message.clone(),
+            (Some(file), None) => format!("{file}: "),
+            (Some(file), Some(line)) => format!("{file}:{line}: "),
+        };
+        if self.message.starts_with(&at) {
+            self.message.clone()
+        } else {
+            format!("{at}{}", self.message)
         }
     }
 }
@@ -502,6 +509,27 @@ mod tests {
                 "error: seed.sql: syntax error at or near \"selec\"",
             ),
             (error("", 0), "error: syntax error at or near \"selec\""),
+            (
+                JobError {
+                    message: "a.sql:2: \\i b.sql: cannot read b.sql".into(),
+                    ..error("a.sql", 2)
+                },
+                "error: a.sql:2: \\i b.sql: cannot read b.sql",
+            ),
+            (
+                JobError {
+                    message: "a.sql: not UTF-8".into(),
+                    ..error("a.sql", 0)
+                },
+                "error: a.sql: not UTF-8",
+            ),
+            (
+                JobError {
+                    message: "a.sql:2: x".into(),
+                    ..error("a.sql", 3)
+                },
+                "error: a.sql:3: a.sql:2: x",
+            ),
         ];
         for (e, want) in cases {
             assert_eq!(error_line(&e), want);
