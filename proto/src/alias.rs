@@ -76,15 +76,15 @@ pub enum AliasError {
         path.display()
     )]
     FileName { path: PathBuf },
-    #[error("cannot read alias file {}: {source}", path.display())]
+    #[error("cannot read alias file {}: {error}", path.display())]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error(
         "{}{}: {message}; an alias file holds `kind:`, optional `image:` and `args:` (a list of strings)",
         path.display(),
-        location.map(|(l, c)| format!(":{l}:{c}")).unwrap_or_default()
+        at(*location)
     )]
     Syntax {
         path: PathBuf,
@@ -93,17 +93,28 @@ pub enum AliasError {
         message: String,
     },
     #[error(
-        "{}: kind `{kind}` is not a {role} kind; use one of: {}",
+        "{}{}: kind `{kind}` is not a {role} kind; use one of: {}",
         path.display(),
+        at(*location),
         role.kinds().join(", ")
     )]
     Kind {
         path: PathBuf,
+        /// 1-based line and column of the `kind:` value, when found.
+        location: Option<(usize, usize)>,
         kind: String,
         role: AliasRole,
     },
-    #[error("{}: `args` is empty; list the tool arguments, e.g. `args: [-f, schema.sql]`", path.display())]
-    NoArgs { path: PathBuf },
+    #[error(
+        "{}{}: `args` is empty; list the tool arguments, e.g. `args: [-f, schema.sql]`",
+        path.display(),
+        at(*location)
+    )]
+    NoArgs {
+        path: PathBuf,
+        /// 1-based line and column of the `args:` value, when the key is there.
+        location: Option<(usize, usize)>,
+    },
     #[error(
         "no alias file {file_name} in {}; create it in one of these folders, or run from the folder that holds it",
         searched.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
@@ -119,9 +130,9 @@ pub fn load(path: &Path) -> Result<Alias, AliasError> {
     let role = AliasRole::of_path(path).ok_or_else(|| AliasError::FileName {
         path: path.to_owned(),
     })?;
-    let text = std::fs::read_to_string(path).map_err(|source| AliasError::Read {
+    let text = std::fs::read_to_string(path).map_err(|error| AliasError::Read {
         path: path.to_owned(),
-        source,
+        error,
     })?;
     parse(path, &text, role)
 }
@@ -136,6 +147,7 @@ pub fn parse(path: &Path, text: &str, role: AliasRole) -> Result<Alias, AliasErr
     if !role.kinds().contains(&alias.kind.as_str()) {
         return Err(AliasError::Kind {
             path: path.to_owned(),
+            location: key_location(text, "kind"),
             kind: alias.kind,
             role,
         });
@@ -143,9 +155,46 @@ pub fn parse(path: &Path, text: &str, role: AliasRole) -> Result<Alias, AliasErr
     if alias.args.is_empty() {
         return Err(AliasError::NoArgs {
             path: path.to_owned(),
+            location: key_location(text, "args"),
         });
     }
     Ok(alias)
+}
+
+impl AliasError {
+    /// The 1-based line and column the error points at, when known.
+    pub fn location(&self) -> Option<(usize, usize)> {
+        match self {
+            AliasError::Syntax { location, .. }
+            | AliasError::Kind { location, .. }
+            | AliasError::NoArgs { location, .. } => *location,
+            _ => None,
+        }
+    }
+}
+
+/// `:line:col`, or nothing when the location is unknown.
+fn at(location: Option<(usize, usize)>) -> String {
+    location
+        .map(|(l, c)| format!(":{l}:{c}"))
+        .unwrap_or_default()
+}
+
+/// Where the value of the top-level block key `key` starts (1-based line
+/// and column; the key's own column when its value is on later lines).
+/// Keys in a flow mapping (`{kind: psql}`) are not found.
+fn key_location(text: &str, key: &str) -> Option<(usize, usize)> {
+    text.lines().enumerate().find_map(|(i, line)| {
+        let rest = line.strip_prefix(key)?.trim_start_matches([' ', '\t']);
+        let rest = rest.strip_prefix(':')?;
+        let value = rest.trim_start_matches([' ', '\t']);
+        let column = if value.is_empty() || value.starts_with('#') {
+            1
+        } else {
+            line.len() - value.len() + 1
+        };
+        Some((i + 1, column))
+    })
 }
 
 /// Finds `NAME.<role>.s9s.yaml`: in `start_dir`, then in each parent up to the
@@ -244,12 +293,14 @@ mod tests {
             (
                 "kind: pgbench\nargs: [-f, x.sql]\n",
                 AliasRole::Prepare,
-                Err("a.yaml: kind `pgbench` is not a prepare kind; use one of: psql, lb".into()),
+                Err(
+                    "a.yaml:1:7: kind `pgbench` is not a prepare kind; use one of: psql, lb".into(),
+                ),
             ),
             (
                 "kind: lb\nargs: [update]\n",
                 AliasRole::Run,
-                Err("a.yaml: kind `lb` is not a run kind; use one of: psql, pgbench".into()),
+                Err("a.yaml:1:7: kind `lb` is not a run kind; use one of: psql, pgbench".into()),
             ),
             (
                 "kind: psql\nargs: [-f, a.sql]\nimgae: postgres:17\n",
@@ -277,7 +328,27 @@ mod tests {
             (
                 "kind: psql\nargs: []\n",
                 AliasRole::Prepare,
+                Err("a.yaml:2:7: `args` is empty".into()),
+            ),
+            (
+                "# a comment\nargs:   [] # none yet\nkind:    psql\n",
+                AliasRole::Prepare,
+                Err("a.yaml:2:9: `args` is empty".into()),
+            ),
+            (
+                "kind: psql\n",
+                AliasRole::Prepare,
                 Err("a.yaml: `args` is empty".into()),
+            ),
+            (
+                "{kind: mysql, args: [x]}\n",
+                AliasRole::Prepare,
+                Err("a.yaml: kind `mysql` is not a prepare kind".into()),
+            ),
+            (
+                "image: x\nkind:\n  mysql\nargs: [x]\n",
+                AliasRole::Prepare,
+                Err("a.yaml:2:1: kind `mysql` is not a prepare kind".into()),
             ),
             (
                 "kind: psql\n  args: [\n",
