@@ -110,6 +110,57 @@ pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
 }
 
+/// This process's effective uid.
+pub fn effective_uid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+/// The owner of `path` (symlinks followed) when it exists and is not `me`
+/// (usually [`effective_uid`]); `None` when it is `me`'s or does not exist.
+pub fn foreign_owner_for(path: &Path, me: u32) -> std::io::Result<Option<u32>> {
+    use std::os::unix::fs::MetadataExt;
+    match std::fs::metadata(path) {
+        Ok(meta) if meta.uid() != me => Ok(Some(meta.uid())),
+        Ok(_) => Ok(None),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// `name (uid N)` for a user id, or `uid N` when the user has no name.
+pub fn describe_user(uid: u32) -> String {
+    match user_name(uid) {
+        Some(name) => format!("{name} (uid {uid})"),
+        None => format!("uid {uid}"),
+    }
+}
+
+/// The login name of `uid` from the user database.
+fn user_name(uid: u32) -> Option<String> {
+    let mut buf = vec![0 as libc::c_char; 4096];
+    let mut pwd = std::mem::MaybeUninit::<libc::passwd>::uninit();
+    let mut found: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: every pointer refers to live memory of the stated size;
+    // getpwuid_r writes the entry into `pwd` and its strings into `buf`.
+    let rc = unsafe {
+        libc::getpwuid_r(
+            uid,
+            pwd.as_mut_ptr(),
+            buf.as_mut_ptr(),
+            buf.len(),
+            &mut found,
+        )
+    };
+    if rc != 0 || found.is_null() {
+        return None;
+    }
+    // SAFETY: getpwuid_r succeeded and `found` points at `pwd`, whose name
+    // is a NUL-terminated string inside `buf`.
+    let name = unsafe { std::ffi::CStr::from_ptr((*found).pw_name) };
+    Some(name.to_string_lossy().into_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -188,6 +239,25 @@ mod tests {
                 "{vars:?} root={root}"
             );
         }
+    }
+
+    #[test]
+    fn owners() {
+        let tmp = tempfile::tempdir().unwrap();
+        let me = effective_uid();
+        assert_eq!(foreign_owner_for(tmp.path(), me).unwrap(), None, "ours");
+        assert_eq!(
+            foreign_owner_for(&tmp.path().join("absent"), me ^ 1).unwrap(),
+            None,
+            "missing"
+        );
+        assert_eq!(
+            foreign_owner_for(tmp.path(), me ^ 1).unwrap(),
+            Some(me),
+            "as seen by another user"
+        );
+        assert!(describe_user(0).starts_with("root (uid 0)"));
+        assert_eq!(describe_user(4_000_000_000), "uid 4000000000");
     }
 
     #[test]

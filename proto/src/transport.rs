@@ -13,7 +13,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::Connected;
 use tonic::transport::{Channel, Endpoint, Uri};
 
-use crate::paths::create_private_dir;
+use crate::paths::{create_private_dir, describe_user, effective_uid, foreign_owner_for};
 
 /// One accepted client connection.
 pub struct LocalConn(Stream);
@@ -55,6 +55,7 @@ impl AsyncWrite for LocalConn {
 /// daemon is removed.
 pub fn bind(path: &Path) -> std::io::Result<Listener> {
     if let Some(dir) = path.parent() {
+        check_socket_folder(dir, effective_uid())?;
         create_private_dir(dir)?;
     }
     match std::fs::remove_file(path) {
@@ -63,6 +64,23 @@ pub fn bind(path: &Path) -> std::io::Result<Listener> {
     }
     let name = path.to_fs_name::<GenericFilePath>()?;
     ListenerOptions::new().name(name).create_tokio()
+}
+
+/// Another user's folder could hand the socket (and the clients talking to
+/// it) to that user: a daemon run by `me` refuses it rather than take it over.
+fn check_socket_folder(dir: &Path, me: u32) -> std::io::Result<()> {
+    match foreign_owner_for(dir, me)? {
+        None => Ok(()),
+        Some(owner) => Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!(
+                "the socket folder {} belongs to {}, but sqlrsd runs as {}: its socket (and the clients using it) must not be in another user's folder; remove it, or set XDG_RUNTIME_DIR to a folder of your own",
+                dir.display(),
+                describe_user(owner),
+                describe_user(me)
+            ),
+        )),
+    }
 }
 
 /// Turns a listener into the stream of connections tonic serves.
@@ -95,4 +113,29 @@ pub async fn connect(path: &Path) -> Result<Channel, tonic::transport::Error> {
             }
         }))
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_socket_folder_of_another_user_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let me = effective_uid();
+        assert!(check_socket_folder(tmp.path(), me).is_ok(), "ours");
+        assert!(
+            check_socket_folder(&tmp.path().join("new"), me).is_ok(),
+            "not there yet"
+        );
+        let err = check_socket_folder(tmp.path(), me ^ 1).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::PermissionDenied);
+        let text = err.to_string();
+        assert!(
+            text.contains(&tmp.path().display().to_string())
+                && text.contains(&format!("uid {me}"))
+                && text.contains("XDG_RUNTIME_DIR"),
+            "{text}"
+        );
+    }
 }
