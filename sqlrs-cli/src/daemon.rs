@@ -102,25 +102,36 @@ pub async fn start(ctx: Ctx) -> anyhow::Result<u8> {
 
 pub async fn stop(ctx: Ctx) -> anyhow::Result<u8> {
     let loc = Locations::from_env()?;
-    let mut conn = match client::connect(&loc).await {
-        Ok(conn) => conn,
+    let pid = match client::connect(&loc).await {
+        Ok(mut conn) => {
+            let pid = conn.health.pid;
+            ctx.progress(format_args!("stopping sqlrsd (pid {pid})…"));
+            if let Err(status) = conn.client.shutdown(ShutdownRequest {}).await {
+                if refuses_this_client(&status) {
+                    // It will not take orders from this client: a signal
+                    // does what Shutdown would.
+                    terminate(pid, &crate::error::CliError::Daemon(status).to_string())?;
+                } else if !matches!(
+                    // The daemon may close the connection before answering.
+                    status.code(),
+                    tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled
+                ) {
+                    return Err(crate::error::CliError::Daemon(status).into());
+                }
+            }
+            pid
+        }
         Err(ConnectError::NotRunning { .. }) => {
             report_stopped(ctx, None)?;
             return Ok(exit::OK);
         }
+        Err(e @ (ConnectError::Protocol { pid, .. } | ConnectError::Token { pid, .. })) => {
+            ctx.progress(format_args!("stopping sqlrsd (pid {pid})…"));
+            terminate(pid, &e.to_string())?;
+            pid
+        }
         Err(e) => return Err(e.into()),
     };
-    let pid = conn.health.pid;
-    ctx.progress(format_args!("stopping sqlrsd (pid {pid})…"));
-    if let Err(status) = conn.client.shutdown(ShutdownRequest {}).await {
-        // The daemon may close the connection before answering.
-        if !matches!(
-            status.code(),
-            tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled
-        ) {
-            return Err(crate::error::CliError::Daemon(status).into());
-        }
-    }
     let asked = Instant::now();
     // Gone means: the socket is quiet and the store lock is released, so
     // that a `daemon start` right after finds the store free.
@@ -140,6 +151,48 @@ pub async fn stop(ctx: Ctx) -> anyhow::Result<u8> {
     }
     report_stopped(ctx, Some(pid))?;
     Ok(exit::OK)
+}
+
+/// Whether the daemon refused a call for who the client is (its token or
+/// protocol) rather than for what it asked.
+fn refuses_this_client(status: &tonic::Status) -> bool {
+    matches!(
+        sqlrs_proto::status_reason(status),
+        Some("bad_token" | "protocol_mismatch")
+    ) || status.code() == tonic::Code::Unauthenticated
+}
+
+/// Stops the daemon `pid` with SIGTERM (it then shuts down as on Shutdown),
+/// after checking that it is an sqlrsd of this user; `why` says why the
+/// call could not be used.
+fn terminate(pid: u32, why: &str) -> anyhow::Result<()> {
+    let proc = std::path::PathBuf::from(format!("/proc/{pid}"));
+    let name = std::fs::read_to_string(proc.join("comm")).unwrap_or_default();
+    let uid = std::fs::read_to_string(proc.join("status"))
+        .ok()
+        .and_then(|s| effective_uid_in_status(&s));
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    if name.trim() != "sqlrsd" || uid != Some(me) {
+        anyhow::bail!(
+            "the daemon refuses this client ({why}), and pid {pid} is not an sqlrsd of this user to stop with a signal; stop the daemon by hand"
+        );
+    }
+    let pid_t = libc::pid_t::try_from(pid)?;
+    // SAFETY: kill has no memory-safety preconditions.
+    if unsafe { libc::kill(pid_t, libc::SIGTERM) } != 0 {
+        anyhow::bail!(
+            "cannot signal sqlrsd (pid {pid}): {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(())
+}
+
+/// The effective uid on the `Uid:` line of /proc/PID/status.
+fn effective_uid_in_status(status: &str) -> Option<u32> {
+    let line = status.lines().find(|l| l.starts_with("Uid:"))?;
+    line.split_whitespace().nth(2)?.parse().ok()
 }
 
 /// Whether no daemon holds the store lock (a shared lock is refused while one does).
@@ -201,6 +254,38 @@ mod tests {
         assert!(!store_free(&path), "held exclusively: busy");
         held.unlock().unwrap();
         assert!(store_free(&path), "released: free");
+    }
+
+    #[test]
+    fn refusals_and_owners() {
+        let with = |status: tonic::Status, reason: &str| {
+            let mut status = status;
+            status
+                .metadata_mut()
+                .insert(sqlrs_proto::REASON_HEADER, reason.parse().expect("ascii"));
+            status
+        };
+        let cases = [
+            (with(tonic::Status::unauthenticated("x"), "bad_token"), true),
+            (
+                with(tonic::Status::failed_precondition("x"), "protocol_mismatch"),
+                true,
+            ),
+            (tonic::Status::unauthenticated("x"), true),
+            (with(tonic::Status::not_found("x"), "not_found"), false),
+            (tonic::Status::unavailable("x"), false),
+        ];
+        for (status, want) in cases {
+            assert_eq!(refuses_this_client(&status), want, "{status:?}");
+        }
+        let status = "Name:\tsqlrsd\nUid:\t1000\t1001\t1001\t1001\nGid:\t5\t5\t5\t5\n";
+        assert_eq!(effective_uid_in_status(status), Some(1001));
+        assert_eq!(effective_uid_in_status("Name:\tx\n"), None);
+        // This test process is no sqlrsd: never signalled.
+        let err = terminate(std::process::id(), "why")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not an sqlrsd of this user"), "{err}");
     }
 
     #[test]

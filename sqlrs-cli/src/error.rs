@@ -36,14 +36,42 @@ impl CliError {
 }
 
 fn daemon_message(status: &tonic::Status) -> String {
-    let message = if status.message().is_empty() {
+    let mut message = if status.message().is_empty() {
         format!("sqlrsd answered {:?}", status.code())
     } else {
         status.message().to_owned()
     };
-    match status_reason(status) {
+    let reason = status_reason(status);
+    if let Some(hint) = reason.and_then(|r| hint(r, &message)) {
+        message = format!("{message}; {hint}");
+    }
+    match reason {
         Some(reason) => format!("{message} ({reason})"),
         None => message,
+    }
+}
+
+/// What to do about a refusal whose message does not say it already.
+fn hint(reason: &str, message: &str) -> Option<String> {
+    match reason {
+        "not_found" => {
+            let listing = match message.split_whitespace().next()? {
+                "instance" => "`sqlrs ls` lists the instances (`sqlrs ls --names` the named ones)",
+                "job" => "`sqlrs ls --jobs` lists the jobs",
+                "state" => "`sqlrs ls --states` lists the states",
+                _ => return None,
+            };
+            Some(listing.to_owned())
+        }
+        "bad_token" => {
+            let file = sqlrs_proto::paths::Locations::from_env()
+                .map(|l| l.token_path().display().to_string())
+                .unwrap_or_else(|_| "the token file".into());
+            Some(format!(
+                "the token in {file} is not the one the running sqlrsd wrote at its start (the file was changed since, or belongs to another daemon): run `sqlrs daemon stop` (it stops the daemon without the token) and retry"
+            ))
+        }
+        _ => None,
     }
 }
 
@@ -65,16 +93,52 @@ mod tests {
             sqlrs_proto::REASON_HEADER,
             "not_found".parse().expect("ascii"),
         );
+        let with = |status: tonic::Status, reason: &str| {
+            let mut status = status;
+            status
+                .metadata_mut()
+                .insert(sqlrs_proto::REASON_HEADER, reason.parse().expect("ascii"));
+            status
+        };
         let cases = [
-            (with_reason, "no instance matches abcdef12 (not_found)"),
-            (tonic::Status::internal("boom"), "boom"),
+            (with_reason, "no instance matches abcdef12 (not_found)".to_owned()),
+            (
+                with(
+                    tonic::Status::not_found("instance deadbeef00 not found"),
+                    "not_found",
+                ),
+                "instance deadbeef00 not found; `sqlrs ls` lists the instances (`sqlrs ls --names` the named ones) (not_found)".into(),
+            ),
+            (
+                with(tonic::Status::not_found("job deadbeef00 not found"), "not_found"),
+                "job deadbeef00 not found; `sqlrs ls --jobs` lists the jobs (not_found)".into(),
+            ),
+            (
+                with(
+                    tonic::Status::not_found("state deadbeef00 not found"),
+                    "not_found",
+                ),
+                "state deadbeef00 not found; `sqlrs ls --states` lists the states (not_found)".into(),
+            ),
+            (tonic::Status::internal("boom"), "boom".into()),
             (
                 tonic::Status::unavailable(""),
-                "sqlrsd answered Unavailable",
+                "sqlrsd answered Unavailable".into(),
             ),
         ];
         for (status, want) in cases {
             assert_eq!(CliError::Daemon(status).to_string(), want);
         }
+        let token = CliError::Daemon(with(
+            tonic::Status::unauthenticated("missing or wrong token"),
+            "bad_token",
+        ))
+        .to_string();
+        assert!(
+            token.starts_with("missing or wrong token; the token in ")
+                && token.contains("sqlrs daemon stop")
+                && token.ends_with("(bad_token)"),
+            "{token}"
+        );
     }
 }
