@@ -44,6 +44,9 @@ struct RemovalItem {
     id: String,
     removed: bool,
     blocked_reason: Option<String>,
+    /// A blocked state: the instances that use it or a descendant.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    in_use_by: Vec<String>,
 }
 
 impl From<&DeleteReply> for Removal {
@@ -59,6 +62,7 @@ impl From<&DeleteReply> for Removal {
                     removed: i.removed,
                     blocked_reason: (!i.blocked_reason.is_empty())
                         .then(|| i.blocked_reason.clone()),
+                    in_use_by: Vec::new(),
                 })
                 .collect(),
         }
@@ -72,6 +76,30 @@ fn item_line(item: &DeletedItem, dry_run: bool) -> String {
         (true, _, false) => format!("removed {what}"),
         (false, "", _) => format!("kept {what}"),
         (false, reason, _) => format!("blocked {what}: {reason}"),
+    }
+}
+
+/// The instances that keep a state from removal: those a forced dry run
+/// would remove with it (empty when something else blocks it).
+async fn users_of(
+    client: &mut sqlrs_proto::client::Client,
+    state: &str,
+    recurse: bool,
+) -> Vec<String> {
+    let request = DeleteRequest {
+        id: state.to_owned(),
+        recurse,
+        force: true,
+        dry_run: true,
+    };
+    match reply(client.delete_state(request).await) {
+        Ok(reply) => reply
+            .items
+            .into_iter()
+            .filter(|i| i.kind == "instance")
+            .map(|i| i.id)
+            .collect(),
+        Err(_) => Vec::new(),
     }
 }
 
@@ -113,11 +141,20 @@ pub async fn rm(ctx: Ctx, args: &RmArgs) -> anyhow::Result<u8> {
             args.id
         );
     };
+    let mut removal = Removal::from(&deleted);
+    for item in removal.items.iter_mut() {
+        if item.kind == "state" && item.blocked_reason.is_some() && !args.force {
+            item.in_use_by = users_of(client, &item.id, args.recurse).await;
+        }
+    }
     if ctx.json() {
-        render::print_json(&Removal::from(&deleted))?;
+        render::print_json(&removal)?;
     } else {
-        for item in &deleted.items {
+        for (item, shown) in deleted.items.iter().zip(&removal.items) {
             println!("{}", item_line(item, deleted.dry_run));
+            for instance in &shown.in_use_by {
+                println!("  used by instance {instance}");
+            }
         }
     }
     Ok(if deleted.items.iter().any(is_blocked) {
@@ -185,13 +222,15 @@ mod tests {
             items: vec![item(true, ""), item(false, "in use")],
             dry_run: true,
         };
+        let mut removal = Removal::from(&reply);
+        removal.items[1].in_use_by = vec!["i1".into()];
         assert_eq!(
-            serde_json::to_value(Removal::from(&reply)).unwrap(),
+            serde_json::to_value(removal).unwrap(),
             serde_json::json!({
                 "dry_run": true,
                 "items": [
                     {"kind": "state", "id": "0123abcd", "removed": true, "blocked_reason": null},
-                    {"kind": "state", "id": "0123abcd", "removed": false, "blocked_reason": "in use"},
+                    {"kind": "state", "id": "0123abcd", "removed": false, "blocked_reason": "in use", "in_use_by": ["i1"]},
                 ],
             })
         );
