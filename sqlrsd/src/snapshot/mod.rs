@@ -137,10 +137,16 @@ impl fmt::Debug for Detected {
 
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
-    #[error("could not {op} {path}: {error}")]
+    #[error("could not {op} {path}: {error}{}", out_of_space_hint(error))]
     Io {
         op: &'static str,
         path: PathBuf,
+        error: io::Error,
+    },
+    #[error("could not copy {from} to {to}: {error}{}", out_of_space_hint(error))]
+    Copy {
+        from: PathBuf,
+        to: PathBuf,
         error: io::Error,
     },
     #[error(
@@ -164,6 +170,19 @@ pub enum SnapshotError {
     },
     #[error("unknown snapshot backend {0:?}: use auto, btrfs, reflink or copy")]
     UnknownBackend(String),
+}
+
+/// What to do when the store's filesystem is full (nothing for other errors).
+fn out_of_space_hint(error: &io::Error) -> &'static str {
+    match error.raw_os_error() {
+        Some(libc::ENOSPC | libc::EDQUOT) => {
+            "; the filesystem of the state store is full: remove instances and states you no \
+             longer need (`sqlrs ls`, `sqlrs rm`), let the cache keep room for builds \
+             (cache.reserve_bytes, cache.max_bytes in the sqlrs config), or move the store to a \
+             bigger filesystem"
+        }
+        _ => "",
+    }
 }
 
 /// Wraps an io::Error with what was being done and to which path.

@@ -874,3 +874,40 @@ fn extents_of_copies_on_the_default_filesystem() {
     let base = tempfile::tempdir().expect("tempdir");
     cow_accounting(&TreeSnapshotter::new(FileContent::Copy), base.path(), false);
 }
+
+/// A full store names both ends of the failed copy (the state's directory
+/// holds its id) and says how to make room; other failures stay short.
+#[test]
+fn out_of_space_messages_say_how_to_make_room() {
+    let full = SnapshotError::Copy {
+        from: "/s/states/5ffc08/base/4/1255".into(),
+        to: "/s/instances/9b85/data/base/4/1255".into(),
+        error: io::Error::from_raw_os_error(libc::ENOSPC),
+    }
+    .to_string();
+    for want in [
+        "could not copy /s/states/5ffc08/base/4/1255 to /s/instances/9b85/data/base/4/1255",
+        "No space left on device",
+        "sqlrs rm",
+        "cache.reserve_bytes",
+    ] {
+        assert!(full.contains(want), "{want:?} in {full}");
+    }
+    let quota = SnapshotError::Io {
+        op: "create",
+        path: "/s/x".into(),
+        error: io::Error::from_raw_os_error(libc::EDQUOT),
+    }
+    .to_string();
+    assert!(quota.contains("sqlrs rm"), "{quota}");
+    let denied = SnapshotError::Io {
+        op: "create",
+        path: "/s/x".into(),
+        error: io::Error::from_raw_os_error(libc::EACCES),
+    }
+    .to_string();
+    assert_eq!(
+        denied,
+        "could not create /s/x: Permission denied (os error 13)"
+    );
+}

@@ -218,7 +218,13 @@ fn copy_file(
         .open(to)
         .map_err(io_err("create", to))?;
     match content {
-        FileContent::Copy => copy_bytes(&src, &dst, meta.len()).map_err(io_err("copy", from))?,
+        FileContent::Copy => {
+            copy_bytes(&src, &dst, meta.len()).map_err(|error| SnapshotError::Copy {
+                from: from.to_owned(),
+                to: to.to_owned(),
+                error,
+            })?
+        }
         FileContent::Reflink => {
             reflink(&src, &dst).map_err(io_err("reflink (FICLONE) into", to))?
         }
