@@ -180,6 +180,7 @@ impl NativeRuntime {
     /// The private socket and log folder: 0700, owned by the server account.
     fn prepare_run_dir(&self, run_dir: &Path) -> Result<(), RuntimeError> {
         fs::create_dir_all(run_dir).map_err(io_err("create", run_dir))?;
+        remove_stale_socket_locks(run_dir);
         self.own(run_dir)?;
         fs::set_permissions(run_dir, fs::Permissions::from_mode(0o700))
             .map_err(io_err("restrict the permissions of", run_dir))?;
@@ -229,7 +230,8 @@ impl NativeRuntime {
                 .map_err(io_err("wait for", &self.postgres))?
             {
                 let err = failed(format!("the server {}", describe_exit(status)));
-                let port_taken = matches!(&err, RuntimeError::StartFailed { tail, .. } if tail.contains("Address already in use"));
+                let port_taken =
+                    matches!(&err, RuntimeError::StartFailed { tail, .. } if port_taken(tail));
                 return Err(if port_taken {
                     Launch::PortTaken(err)
                 } else {
@@ -456,6 +458,12 @@ impl Runtime for NativeRuntime {
     fn dsn(&self, server: &ServerHandle, password: &str) -> String {
         loopback_dsn(server.port, password)
     }
+}
+
+/// Whether a failed start's log says another process holds the port: the
+/// server runs with `LANG=C`, so the system's message is in English.
+fn port_taken(log_tail: &str) -> bool {
+    log_tail.contains("Address already in use")
 }
 
 /// psql cancels the running query on SIGINT and then exits; if it does not,
@@ -727,22 +735,68 @@ fn postmaster_ready(data_dir: &Path, pid: u32) -> bool {
 /// daemon died between starting it and recording it): immediate shutdown,
 /// then SIGKILL of its process group. True when one was found.
 pub async fn stop_stray(data_dir: &Path) -> bool {
-    let Ok(contents) = fs::read_to_string(data_dir.join("postmaster.pid")) else {
-        return false;
-    };
-    let Some(pid) = pid_file_owner(&contents) else {
-        return false;
-    };
-    if postmaster_of(pid, data_dir) != Ownership::This {
-        return false;
+    let mut found = false;
+    if let Ok(contents) = fs::read_to_string(data_dir.join("postmaster.pid"))
+        && let Some(pid) = pid_file_owner(&contents)
+        && postmaster_of(pid, data_dir) == Ownership::This
+    {
+        tracing::info!(pid, dir = %data_dir.display(), "stopping a server nobody tracks");
+        found = true;
+        send_signal(pid, libc::SIGQUIT);
+        if !wait_gone(pid, Duration::from_secs(5)).await {
+            signal_group(pid, libc::SIGKILL);
+            wait_gone(pid, Duration::from_secs(5)).await;
+        }
     }
-    tracing::info!(pid, dir = %data_dir.display(), "stopping a server nobody tracks");
-    send_signal(pid, libc::SIGQUIT);
-    if !wait_gone(pid, Duration::from_secs(5)).await {
-        signal_group(pid, libc::SIGKILL);
+    // Backends of a postmaster that was killed outlive it for a while and
+    // keep its shared memory, which stops a new server from starting: every
+    // process still working in the directory goes.
+    let Ok(dir) = fs::canonicalize(data_dir) else {
+        return found;
+    };
+    let left: Vec<u32> = fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd == dir))
+        .collect();
+    for &pid in &left {
+        tracing::info!(pid, dir = %dir.display(), "stopping a process left by a dead server");
+        send_signal(pid, libc::SIGKILL);
+    }
+    for &pid in &left {
         wait_gone(pid, Duration::from_secs(5)).await;
     }
-    true
+    found || !left.is_empty()
+}
+
+/// Socket lock files (`.s.PGSQL.PORT.lock`) of a server that died without
+/// removing them: PostgreSQL refuses a port whose lock names a process that
+/// answers signals, which a dead server's unreaped zombie still does.
+fn remove_stale_socket_locks(run_dir: &Path) {
+    let Ok(entries) = fs::read_dir(run_dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(socket) = name
+            .strip_prefix(".s.PGSQL.")
+            .and_then(|rest| rest.strip_suffix(".lock"))
+            .map(|port| run_dir.join(format!(".s.PGSQL.{port}")))
+        else {
+            continue;
+        };
+        let owner = fs::read_to_string(e.path())
+            .ok()
+            .and_then(|c| pid_file_owner(&c));
+        if owner.is_some_and(process_alive) {
+            continue;
+        }
+        tracing::debug!(file = %e.path().display(), "removing a stale socket lock");
+        let _ = fs::remove_file(e.path());
+        let _ = fs::remove_file(socket);
+    }
 }
 
 /// A postmaster.pid copied along with a snapshot names a process that does
@@ -926,6 +980,28 @@ mod tests {
                 "uid {uid} gid {gid} mode {mode:o}"
             );
         }
+    }
+
+    /// What PostgreSQL 15 logs when 127.0.0.1:PORT is taken makes the launch
+    /// try another port ([`launch::on_free_port`] retries `PortTaken`);
+    /// other start failures do not.
+    #[test]
+    fn a_taken_port_is_recognised_in_the_server_log() {
+        let taken = "\
+2026-12-07 04:52:19.208 UTC [18496] LOG:  starting PostgreSQL 15.18 (Debian 15.18-0+deb12u1) on x86_64-pc-linux-gnu
+2026-12-07 04:52:19.208 UTC [18496] LOG:  could not bind IPv4 address \"127.0.0.1\": Address already in use
+2026-12-07 04:52:19.208 UTC [18496] HINT:  Is another postmaster already running on port 46607? If not, wait a few seconds and retry.
+2026-12-07 04:52:19.208 UTC [18496] WARNING:  could not create listen socket for \"127.0.0.1\"
+2026-12-07 04:52:19.208 UTC [18496] FATAL:  could not create any TCP/IP sockets
+2026-12-07 04:52:19.210 UTC [18496] LOG:  database system is shut down
+";
+        let other = "\
+2026-12-07 04:52:19.208 UTC [18496] FATAL:  data directory \"/d\" has invalid permissions
+2026-12-07 04:52:19.208 UTC [18496] DETAIL:  Permissions should be u=rwx (0700) or u=rwx,g=rx (0750).
+";
+        assert!(port_taken(taken));
+        assert!(!port_taken(other));
+        assert!(!port_taken(""));
     }
 
     #[test]
