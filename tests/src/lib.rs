@@ -72,6 +72,16 @@ pub enum SetupError {
         "Liquibase not found ({detail}): install it with `bash packaging/ci/liquibase.sh .build/liquibase` (npm liquibase@4.28.1 and Java 17) and export SQLRS_LIQUIBASE with the path it prints; `bash packaging/ci/test.sh` does it"
     )]
     MissingLiquibase { detail: String },
+    #[error(
+        "{what} needs root (it mounts a loop filesystem); run the end-to-end tests as root, as CI does (`bash .ci/run`)"
+    )]
+    NotRoot { what: &'static str },
+    #[error("cannot make the test filesystem at {}: `{command}` failed: {output}", dir.display())]
+    LoopFs {
+        dir: PathBuf,
+        command: String,
+        output: String,
+    },
     #[error("cannot set up {}: {source}", path.display())]
     Io {
         path: PathBuf,
@@ -631,22 +641,38 @@ impl Sandbox {
         Self::create(Runtime::Native, backend, false).unwrap_or_else(|e| panic!("{e}"))
     }
 
+    /// A sandbox whose files (store included) live under `base`, e.g. a
+    /// small filesystem a test fills up; `backend` is forced in its config.
+    pub fn in_dir(runtime: Runtime, backend: Backend, base: &Path) -> Self {
+        Self::create_in(runtime, backend, true, base).unwrap_or_else(|e| panic!("{e}"))
+    }
+
     /// Sets a sandbox up, reporting what is missing.
     pub fn create(
         runtime: Runtime,
         backend: Backend,
         force_backend: bool,
     ) -> Result<Self, SetupError> {
+        let base = backend.base_dir()?;
+        Self::create_in(runtime, backend, force_backend, &base)
+    }
+
+    /// [`Sandbox::create`] under `base` instead of the backend's directory.
+    pub fn create_in(
+        runtime: Runtime,
+        backend: Backend,
+        force_backend: bool,
+        base: &Path,
+    ) -> Result<Self, SetupError> {
         let bins = Binaries::locate()?;
         let docker = match runtime {
             Runtime::Native => None,
             Runtime::Docker => Some(DockerEnv::get()?),
         };
-        let base = backend.base_dir()?;
         let root = tempfile::Builder::new()
             .prefix(&format!("sqlrs-e2e-{}-", backend.name()))
-            .tempdir_in(&base)
-            .map_err(io_err(&base))?
+            .tempdir_in(base)
+            .map_err(io_err(base))?
             .keep();
         let sandbox = Self {
             runtime,
@@ -699,6 +725,12 @@ impl Sandbox {
     /// The project directory every command runs in by default.
     pub fn project(&self) -> &Path {
         &self.project
+    }
+
+    /// The pid of the running daemon (`sqlrs daemon status`), if one runs.
+    pub fn daemon_pid(&self) -> Option<u64> {
+        let out = self.sqlrs(&["--output", "json", "daemon", "status"]);
+        parse_json_output(&out.stdout)?.get("pid")?.as_u64()
     }
 
     /// `$XDG_STATE_HOME/sqlrs`: the daemon's store.
@@ -789,6 +821,12 @@ impl Sandbox {
         let mut cmd = self.command(&self.bins.sqlrs, &self.project);
         cmd.args(args);
         cmd
+    }
+
+    /// `sqlrsd` itself with this sandbox's environment, not started: for
+    /// tests of how the daemon refuses to start.
+    pub fn sqlrsd_command(&self) -> Command {
+        self.command(&self.bins.sqlrsd, &self.project)
     }
 
     /// Runs `sqlrs ARGS` and fails the test (with the daemon's log) unless it exits 0.
@@ -949,6 +987,137 @@ impl Drop for Sandbox {
     }
 }
 
+/// A psql client connected to `dsn` for `secs` seconds (`select pg_sleep`):
+/// an open connection, as an application holds one.
+pub fn hold_connection(dsn: &str, secs: u32) -> std::process::Child {
+    let psql = psql_bin().unwrap_or_else(|e| panic!("{e}"));
+    Command::new(psql)
+        .args([dsn, "-X", "-q", "-c", &format!("select pg_sleep({secs})")])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("psql starts")
+}
+
+/// Bytes an unprivileged process can still write on the filesystem of `path`.
+pub fn free_bytes(path: &Path) -> u64 {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).expect("no NUL in path");
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `c` is NUL-terminated and `st` is writable memory of the right size.
+    let rc = unsafe { libc::statvfs(c.as_ptr(), st.as_mut_ptr()) };
+    assert_eq!(
+        rc,
+        0,
+        "statvfs {}: {}",
+        path.display(),
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: statvfs returned 0, so it filled `st`.
+    let st = unsafe { st.assume_init() };
+    st.f_bavail * st.f_frsize
+}
+
+/// A small ext4 filesystem on a loop device, mounted for one test under a
+/// temp folder of its own (so tests can each have one); unmounted and
+/// deleted when dropped. Needs root; made with no blocks reserved for root,
+/// so the daemon (root) and the servers (`postgres`) see the same free space.
+pub struct LoopFs {
+    dir: PathBuf,
+    mount: PathBuf,
+}
+
+impl LoopFs {
+    /// Makes and mounts a filesystem of `mib` MiB.
+    pub fn new(mib: u64) -> Result<Self, SetupError> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return Err(SetupError::NotRoot {
+                what: "a full-disk test",
+            });
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("sqlrs-e2e-loop-")
+            .tempdir_in(std::env::temp_dir())
+            .map_err(io_err(&std::env::temp_dir()))?
+            .keep();
+        let fs = LoopFs {
+            mount: dir.join("mnt"),
+            dir,
+        };
+        let image = fs.dir.join("fs.img");
+        std::fs::File::create(&image)
+            .and_then(|f| f.set_len(mib << 20))
+            .map_err(io_err(&image))?;
+        std::fs::create_dir(&fs.mount).map_err(io_err(&fs.mount))?;
+        let mkfs = [
+            OsStr::new("-q"),
+            OsStr::new("-F"),
+            OsStr::new("-m"),
+            OsStr::new("0"),
+        ];
+        fs.tool("mkfs.ext4", &mkfs, &image)?;
+        fs.tool(
+            "mount",
+            &[OsStr::new("-o"), OsStr::new("loop"), image.as_os_str()],
+            &fs.mount,
+        )?;
+        for dir in [&fs.dir, &fs.mount] {
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
+                .map_err(io_err(dir))?;
+        }
+        Ok(fs)
+    }
+
+    /// Where the filesystem is mounted.
+    pub fn path(&self) -> &Path {
+        &self.mount
+    }
+
+    fn tool(&self, program: &str, args: &[&OsStr], last: &Path) -> Result<(), SetupError> {
+        let mut cmd = Command::new(program);
+        cmd.args(args).arg(last).stdin(Stdio::null());
+        let out = run(cmd, Duration::from_secs(120));
+        if out.success() {
+            Ok(())
+        } else {
+            Err(SetupError::LoopFs {
+                dir: self.dir.clone(),
+                command: out.command.clone(),
+                output: out.text().trim().to_owned(),
+            })
+        }
+    }
+}
+
+impl Drop for LoopFs {
+    fn drop(&mut self) {
+        let mounted = || {
+            std::fs::read_to_string("/proc/self/mounts").is_ok_and(|m| {
+                m.lines()
+                    .any(|l| l.split(' ').nth(1) == Some(&*self.mount.to_string_lossy()))
+            })
+        };
+        for attempt in 0..20 {
+            if !mounted() {
+                break;
+            }
+            let mut cmd = Command::new("umount");
+            if attempt == 19 {
+                cmd.arg("-l");
+            }
+            cmd.arg(&self.mount).stdin(Stdio::null());
+            if !run(cmd, Duration::from_secs(60)).success() {
+                std::thread::sleep(Duration::from_millis(250));
+            }
+        }
+        if let Err(e) = std::fs::remove_dir_all(&self.dir) {
+            eprintln!("warning: cannot remove {}: {e}", self.dir.display());
+        }
+    }
+}
+
 /// Reads a prepare's JSON: the object carrying the DSN describes the instance
 /// (`instance_id` or `id`, `state_id`, `dsn`).
 pub fn prepared_from(json: Value) -> Prepared {
@@ -1055,7 +1224,7 @@ pub fn run(mut cmd: Command, timeout: Duration) -> Output {
 /// Processes whose working directory is under `root` (PostgreSQL servers
 /// chdir into their data directory) or whose environment points their state
 /// at `root` (the sandbox's daemon).
-fn processes_under(root: &Path) -> Vec<i32> {
+pub fn processes_under(root: &Path) -> Vec<i32> {
     let own = std::process::id() as i32;
     let marker = format!("XDG_STATE_HOME={}", root.join("state").display());
     std::fs::read_dir("/proc")
@@ -1072,6 +1241,59 @@ fn processes_under(root: &Path) -> Vec<i32> {
             cwd_inside || env_inside
         })
         .collect()
+}
+
+/// A running PostgreSQL server: its postmaster and the data directory it
+/// serves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Server {
+    pub pid: i32,
+    pub data_dir: PathBuf,
+    /// The postmaster and its children (checkpointer, walwriter, backends…).
+    pub processes: usize,
+}
+
+/// The PostgreSQL servers whose data directory is under `root`: `postgres`
+/// processes working in a directory there (a server chdirs into its data
+/// directory), grouped under their postmaster (the one whose parent is not
+/// a `postgres` process of the same directory). Zombies are left out.
+pub fn postgres_servers_under(root: &Path) -> Vec<Server> {
+    let proc_info = |pid: i32| -> Option<(String, i32, char)> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let (head, rest) = stat.rsplit_once(") ")?;
+        let comm = head.split_once(" (")?.1.to_owned();
+        let mut fields = rest.split_whitespace();
+        let state = fields.next()?.chars().next()?;
+        let ppid = fields.next()?.parse().ok()?;
+        Some((comm, ppid, state))
+    };
+    let postgres: Vec<(i32, i32, PathBuf)> = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter_map(|pid| {
+            let (comm, ppid, state) = proc_info(pid)?;
+            let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).ok()?;
+            (comm == "postgres" && state != 'Z' && cwd.starts_with(root))
+                .then_some((pid, ppid, cwd))
+        })
+        .collect();
+    let mut servers: Vec<Server> = postgres
+        .iter()
+        .filter(|(_, ppid, cwd)| {
+            !postgres
+                .iter()
+                .any(|(pid, _, dir)| pid == ppid && dir == cwd)
+        })
+        .map(|(pid, _, cwd)| Server {
+            pid: *pid,
+            data_dir: cwd.clone(),
+            processes: postgres.iter().filter(|(_, _, dir)| dir == cwd).count(),
+        })
+        .collect();
+    servers.sort_by(|a, b| a.data_dir.cmp(&b.data_dir));
+    servers
 }
 
 /// SIGTERM, a grace period, then SIGKILL for whatever is still there.
@@ -1402,6 +1624,25 @@ mod tests {
         assert!(chinook.join("chinook.sql").is_file());
         drop(sandbox);
         assert!(!root.exists(), "{} left behind", root.display());
+    }
+
+    /// A loop filesystem is a mounted ext4 of about the asked size with no
+    /// blocks reserved for root, gone (unmounted and deleted) after drop.
+    #[test]
+    fn loop_filesystem_mounts_and_goes() {
+        let fs = LoopFs::new(64).unwrap_or_else(|e| panic!("{e}"));
+        let mount = fs.path().to_owned();
+        let dir = mount.parent().unwrap().to_owned();
+        assert_eq!(filesystem_magic(&mount), Some(libc::EXT4_SUPER_MAGIC));
+        let free = free_bytes(&mount);
+        assert!(free > 40 << 20 && free < 64 << 20, "{free}");
+        std::fs::write(mount.join("x"), vec![1u8; 1 << 20]).unwrap();
+        assert!(free_bytes(&mount) < free);
+        assert!(check_traversable(&mount).is_ok());
+        drop(fs);
+        assert!(!dir.exists(), "{} left behind", dir.display());
+        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+        assert!(!mounts.contains(&*mount.to_string_lossy()), "{mounts}");
     }
 
     #[test]
