@@ -258,3 +258,72 @@ fn a_second_daemon_on_the_same_store_refuses_naming_the_first() {
     );
     assert_eq!(daemon_pid(&sb), Some(first), "the first keeps serving");
 }
+
+/// After a crash an instance whose server died comes back at the same DSN;
+/// one whose data is gone is listed as lost, refuses to be used, and can be
+/// removed.
+#[test]
+fn dead_servers_come_back_at_their_dsn_and_lost_data_is_reported() {
+    let sb = Sandbox::new(Backend::Copy);
+    let alive = sb.prepare(&["-c", "create table a(v int); insert into a values (1)"]);
+    let gone = sb.prepare(&["-c", "create table g(v int)"]);
+    let pid = daemon_pid(&sb).expect("the daemon runs");
+    // SAFETY: kill has no memory-safety preconditions.
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    wait_gone(pid);
+    // Both servers die; one instance also loses its data directory.
+    let listed = |id: &str| {
+        postgres_servers_under(sb.root())
+            .into_iter()
+            .find(|s| s.data_dir.to_string_lossy().contains(id))
+    };
+    for id in [&alive.instance_id, &gone.instance_id] {
+        let server = listed(id).expect("the instance's server runs");
+        // SAFETY: as above.
+        unsafe { libc::kill(server.pid, libc::SIGKILL) };
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while listed(&alive.instance_id).is_some() || listed(&gone.instance_id).is_some() {
+        assert!(Instant::now() < deadline, "servers did not die");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let data = sb
+        .state_dir()
+        .join("instances")
+        .join(&gone.instance_id)
+        .join("data");
+    std::fs::remove_dir_all(&data).expect("remove the instance's data");
+
+    sb.sqlrs_ok(&["daemon", "start"]);
+    assert_eq!(
+        sb.query(&alive.dsn, "select v from a"),
+        "1",
+        "restarted on its old port: the DSN still works"
+    );
+    let lost = sb
+        .ls("instances")
+        .into_iter()
+        .find(|i| i["id"] == gone.instance_id.as_str())
+        .expect("the lost instance is still listed");
+    assert_eq!(lost["status"], "lost", "{lost:#}");
+    assert!(
+        lost["note"].as_str().is_some_and(|n| n.contains("is gone")),
+        "{lost:#}"
+    );
+    let refused = sb.sqlrs(&[
+        "run:psql",
+        "--instance",
+        &gone.instance_id,
+        "--",
+        "-c",
+        "select 1",
+    ]);
+    assert!(!refused.success(), "{refused}");
+    assert!(
+        refused.stderr.contains("is lost") && refused.stderr.contains("sqlrs rm"),
+        "{refused}"
+    );
+    sb.sqlrs_ok(&["rm", &gone.instance_id]);
+    assert!(!sb.instance_ids().contains(&gone.instance_id));
+    check_store(&sb, "after removing the lost instance");
+}
