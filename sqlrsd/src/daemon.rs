@@ -32,10 +32,11 @@ use crate::store::Store;
 pub enum DaemonError {
     #[error("another sqlrsd{} already serves {}; stop it with `sqlrs daemon stop` or use another XDG_STATE_HOME", .pid.map(|p| format!(" (pid {p})")).unwrap_or_default(), .store.display())]
     AlreadyRunning { store: PathBuf, pid: Option<u32> },
-    #[error("{}: {source}", path.display())]
+    #[error("{}: {error}", path.display())]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        // Not `source`: the message includes it already.
+        error: std::io::Error,
     },
     #[error("snapshot.backend {0:?} in the config is not one of auto, btrfs, reflink, copy")]
     Backend(String),
@@ -56,9 +57,9 @@ pub enum DaemonError {
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> DaemonError + '_ {
-    move |source| DaemonError::Io {
+    move |error| DaemonError::Io {
         path: path.to_owned(),
-        source,
+        error,
     }
 }
 

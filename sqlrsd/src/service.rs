@@ -114,6 +114,7 @@ impl From<EngineError> for Status {
             EngineError::NotFound { .. } => Code::NotFound,
             EngineError::Ambiguous { .. }
             | EngineError::ShortPrefix(_)
+            | EngineError::NotHex(_)
             | EngineError::InvalidRequest(_)
             | EngineError::Plan(_) => Code::InvalidArgument,
             _ => Code::Internal,

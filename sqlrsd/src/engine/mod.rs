@@ -89,6 +89,10 @@ pub enum EngineError {
     },
     #[error("id prefix {0:?} is too short: give at least 8 hex characters")]
     ShortPrefix(String),
+    #[error(
+        "{0:?} is not an id: ids are hex (0-9, a-f); give at least 8 of their characters (see `sqlrs ls`)"
+    )]
+    NotHex(String),
     #[error("{0}")]
     InvalidRequest(String),
     #[error(transparent)]
@@ -115,6 +119,7 @@ impl EngineError {
             Self::NotFound { .. } => "not_found",
             Self::Ambiguous { .. } => "ambiguous_id",
             Self::ShortPrefix(_) => "short_prefix",
+            Self::NotHex(_) => "not_an_id",
             Self::InvalidRequest(_) => "invalid_request",
             Self::Plan(_) => "plan_error",
             Self::Liquibase(_) => "liquibase_error",
@@ -1004,27 +1009,64 @@ impl Engine {
                 chain.ids[k - 1].to_hex()
             };
             let atomic = self.snapshotter.atomic();
-            if atomic {
-                runtime.checkpoint(&server).await?;
-            } else {
-                runtime.stop(&server).await?;
+            let mut recorded = false;
+            let snapshot = async {
+                if atomic {
+                    runtime.checkpoint(&server).await?;
+                } else {
+                    runtime.stop(&server).await?;
+                }
+                self.record_state(
+                    &id,
+                    Some(parent_id),
+                    step.summary().to_owned(),
+                    &label,
+                    &data,
+                    started,
+                )
+                .await?;
+                recorded = true;
+                if !atomic {
+                    self.snapshotter
+                        .clone_writable(&self.store.state_path(&id), &data)?;
+                    server = runtime.start(&data, &run, &Self::server_options()).await?;
+                    lower(&server);
+                    record.started_at_ms = now_ms();
+                    record.server = Some(server.clone());
+                }
+                Ok::<_, EngineError>(())
             }
-            self.record_state(
-                &id,
-                Some(parent_id),
-                step.summary().to_owned(),
-                &label,
-                &data,
-                started,
-            )
-            .await?;
-            if !atomic {
-                self.snapshotter
-                    .clone_writable(&self.store.state_path(&id), &data)?;
-                server = runtime.start(&data, &run, &Self::server_options()).await?;
-                lower(&server);
-                record.started_at_ms = now_ms();
-                record.server = Some(server.clone());
+            .await;
+            if let Err(e) = snapshot {
+                // The step ran; what failed is keeping its result or going on
+                // from it. Say which, and that a saved state stays.
+                let message = if recorded {
+                    format!(
+                        "step {}'s state {} is saved, but the build cannot go on from it: {e}",
+                        k + 1,
+                        &id[..12]
+                    )
+                } else {
+                    format!("step {} ran, but its state could not be saved: {e}", k + 1)
+                };
+                self.set_task(job, task, |t| {
+                    t.status = RunStatus::Failed;
+                    t.finished_at_ms = now_ms();
+                });
+                self.step_event(
+                    job,
+                    chain,
+                    k,
+                    "failed",
+                    started.elapsed().as_millis() as u64,
+                );
+                return Err(Stop::Failed(JobFailure {
+                    reason: e.reason().into(),
+                    message,
+                    file: None,
+                    line: None,
+                    step: Some(task),
+                }));
             }
             record.state_id = id;
             self.index.put_instance(record)?;
@@ -1238,7 +1280,10 @@ impl Engine {
         prefix: &str,
         ids: impl IntoIterator<Item = &'a str>,
     ) -> Result<String, EngineError> {
-        if prefix.len() < 8 || !prefix.bytes().all(|b| b.is_ascii_hexdigit()) {
+        if !prefix.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(EngineError::NotHex(prefix.into()));
+        }
+        if prefix.len() < 8 {
             return Err(EngineError::ShortPrefix(prefix.into()));
         }
         let prefix = prefix.to_ascii_lowercase();
@@ -1269,7 +1314,16 @@ impl Engine {
         if let Some(k) = all.iter().position(|i| i.name.as_deref() == Some(prefix)) {
             return Ok(all.swap_remove(k));
         }
-        let id = Self::resolve("instance", prefix, all.iter().map(|i| i.id.as_str()))?;
+        let id = match Self::resolve("instance", prefix, all.iter().map(|i| i.id.as_str())) {
+            // Not an id: it was meant as a name.
+            Err(EngineError::NotHex(_)) => {
+                return Err(EngineError::NotFound {
+                    what: "instance named",
+                    id: prefix.into(),
+                });
+            }
+            other => other?,
+        };
         Ok(all
             .into_iter()
             .find(|i| i.id == id)
@@ -1857,7 +1911,8 @@ mod tests {
             ("aaaaaaaa2", Ok("aaaaaaaa22")),
             ("cccccccc", Err("not_found")),
             ("aaaa", Err("short_prefix")),
-            ("zzzzzzzz", Err("short_prefix")),
+            ("zzzzzzzz", Err("not_an_id")),
+            ("dev", Err("not_an_id")),
         ];
         for (prefix, want) in cases {
             let got = Engine::resolve("state", prefix, ids);

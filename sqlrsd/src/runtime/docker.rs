@@ -1031,21 +1031,21 @@ impl Runtime for DockerRuntime {
             env: Vec::new(),
             stdin: stdin.map(Path::to_owned),
         };
-        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let (mut out, mut err) = (super::Tail::default(), super::Tail::default());
         let code = self
             .exec_stream(
                 server,
                 cmd,
                 &opts,
                 &mut |stream, bytes| match stream {
-                    OutputStream::Stdout => out.extend_from_slice(bytes),
-                    OutputStream::Stderr => err.extend_from_slice(bytes),
+                    OutputStream::Stdout => out.push(bytes),
+                    OutputStream::Stderr => err.push(bytes),
                 },
                 cancel,
             )
             .await?;
-        let stdout = String::from_utf8_lossy(&out).into_owned();
-        let stderr = String::from_utf8_lossy(&err).into_owned();
+        let stdout = out.into_string();
+        let stderr = err.into_string();
         if code == 0 {
             Ok(PsqlOutput { stdout, stderr })
         } else {

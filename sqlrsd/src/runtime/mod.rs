@@ -82,7 +82,46 @@ pub struct ServerOptions {
     pub port: Option<u16>,
 }
 
-/// What psql printed when it succeeded.
+/// The last bytes of a stream: psql's output is kept to its end, where an
+/// error under `ON_ERROR_STOP` is, without holding all of a script that
+/// prints millions of lines.
+#[derive(Debug, Default)]
+pub(crate) struct Tail {
+    buf: Vec<u8>,
+    truncated: bool,
+}
+
+impl Tail {
+    /// Bytes kept of each stream.
+    pub(crate) const LIMIT: usize = 64 << 10;
+
+    pub(crate) fn push(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+        if self.buf.len() > 2 * Self::LIMIT {
+            let cut = self.buf.len() - Self::LIMIT;
+            self.buf.drain(..cut);
+            self.truncated = true;
+        }
+    }
+
+    pub(crate) fn into_string(mut self) -> String {
+        if self.buf.len() > Self::LIMIT {
+            let cut = self.buf.len() - Self::LIMIT;
+            self.buf.drain(..cut);
+            self.truncated = true;
+        }
+        let text = String::from_utf8_lossy(&self.buf);
+        if self.truncated {
+            // From the first whole line kept.
+            let from = text.find('\n').map_or(0, |i| i + 1);
+            format!("…\n{}", &text[from..])
+        } else {
+            text.into_owned()
+        }
+    }
+}
+
+/// What psql printed when it succeeded (the end of it: see [`Tail`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PsqlOutput {
     pub stdout: String,
@@ -351,6 +390,22 @@ pub(crate) fn lookup_user(name: &str) -> io::Result<Option<(u32, u32)>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_tail_keeps_the_end_of_long_output() {
+        let mut short = Tail::default();
+        short.push(b"one\ntwo\n");
+        assert_eq!(short.into_string(), "one\ntwo\n");
+        let mut long = Tail::default();
+        for k in 0..100_000 {
+            long.push(format!("line {k}\n").as_bytes());
+        }
+        long.push(b"ERROR:  the end\n");
+        let text = long.into_string();
+        assert!(text.starts_with("…\nline "), "{}", &text[..20]);
+        assert!(text.ends_with("line 99999\nERROR:  the end\n"));
+        assert!(text.len() <= Tail::LIMIT + 8, "{}", text.len());
+    }
 
     #[test]
     fn passwords_are_long_url_safe_and_distinct() {

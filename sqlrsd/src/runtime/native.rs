@@ -438,13 +438,13 @@ impl Runtime for NativeRuntime {
                 }
             }
         };
-        let (status, out, err) = tokio::join!(waited, read_all(stdout), read_all(stderr));
+        let (status, out, err) = tokio::join!(waited, read_tail(stdout), read_tail(stderr));
         let Some(status) = status else {
             return Err(RuntimeError::Cancelled);
         };
         let status = status.map_err(io_err("wait for", &self.psql))?;
-        let stdout = String::from_utf8_lossy(&out).into_owned();
-        let stderr = String::from_utf8_lossy(&err).into_owned();
+        let stdout = out.into_string();
+        let stderr = err.into_string();
         if status.success() {
             Ok(PsqlOutput { stdout, stderr })
         } else {
@@ -480,12 +480,20 @@ async fn interrupt_psql(child: &mut Child) {
     }
 }
 
-async fn read_all(mut pipe: impl AsyncRead + Unpin) -> Vec<u8> {
-    let mut buf = Vec::new();
-    if let Err(e) = pipe.read_to_end(&mut buf).await {
-        tracing::debug!("reading psql output: {e}");
+async fn read_tail(mut pipe: impl AsyncRead + Unpin) -> super::Tail {
+    let mut tail = super::Tail::default();
+    let mut chunk = vec![0u8; 16 << 10];
+    loop {
+        match pipe.read(&mut chunk).await {
+            Ok(0) => break,
+            Ok(n) => tail.push(&chunk[..n]),
+            Err(e) => {
+                tracing::debug!("reading psql output: {e}");
+                break;
+            }
+        }
     }
-    buf
+    tail
 }
 
 /// Waits for the postmaster in a background task so it never lingers as a
