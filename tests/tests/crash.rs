@@ -327,3 +327,94 @@ fn dead_servers_come_back_at_their_dsn_and_lost_data_is_reported() {
     assert!(!sb.instance_ids().contains(&gone.instance_id));
     check_store(&sb, "after removing the lost instance");
 }
+
+/// A power cut at a crash point (on a loop-mounted ext4 whose unwritten page
+/// cache is discarded), then a start on what the disk kept: the states it
+/// names are complete and give the right data, instances answer or are
+/// reported stopped or lost, and the next prepare is right.
+fn power_cut_at(point: &str) {
+    let fs = sqlrs_e2e::LoopFs::new(600).unwrap_or_else(|e| panic!("{e}"));
+    let sb = Sandbox::in_dir(Runtime::Native, Backend::Copy, fs.path());
+    // The default free-space reserve (1 GiB) exceeds this small disk.
+    let config = std::fs::read_to_string(sb.config_path()).expect("sandbox config");
+    sb.set_config(&format!("{config}cache:\n  reserve_bytes: 16MiB\n"));
+    let kept = sb.prepare(&[
+        "-c",
+        "create table kept(v int); insert into kept values (7)",
+    ]);
+    // Written after the last sync: a power cut may take it.
+    sb.query(&kept.dsn, "insert into kept values (8)");
+    sb.sqlrs_ok(&["daemon", "stop"]);
+    let pid = start_armed(&sb, point);
+    let during = sb.sqlrs(&CHAIN_ARGS);
+    wait_gone(pid);
+    eprintln!("power cut at {point}: the prepare during it: {during}");
+    // The power goes: every process, then whatever the disk had not received.
+    let pids = sqlrs_e2e::processes_under(sb.root());
+    for &p in &pids {
+        // SAFETY: kill has no memory-safety preconditions.
+        unsafe { libc::kill(p, libc::SIGKILL) };
+    }
+    for p in pids {
+        wait_gone(p as u32);
+    }
+    fs.power_cut().unwrap_or_else(|e| panic!("{e}"));
+
+    sb.sqlrs_ok(&["daemon", "start"]);
+    let when = format!("after a power cut at {point}");
+    check_store(&sb, &when);
+    let instances = sb.json(&["ls", "--instances"]);
+    let k = json_list(&instances, "instances")
+        .into_iter()
+        .find(|i| i["id"] == kept.instance_id.as_str())
+        .unwrap_or_else(|| panic!("{when}: the kept instance is not listed: {instances:#}"));
+    eprintln!("{when}: the kept instance is {}", k["status"]);
+    if k["status"] == "running" {
+        let rows = sb.query(
+            &kept.dsn,
+            "select string_agg(v::text, ',' order by v) from kept",
+        );
+        eprintln!("{when}: its rows: {rows} (8 was written after the last sync)");
+        let v = sb.query(&kept.dsn, "select min(v) from kept");
+        assert_eq!(v, "7", "{when}: the instance's state data is there");
+    } else {
+        assert!(
+            matches!(k["status"].as_str(), Some("stopped" | "lost"))
+                && k["note"].as_str().is_some_and(|n| !n.is_empty()),
+            "{when}: an instance that cannot run says why: {k:#}"
+        );
+    }
+    // Every state the index kept gives its data.
+    let again = sb.prepare(&[
+        "-c",
+        "create table kept(v int); insert into kept values (7)",
+    ]);
+    assert_eq!(sb.query(&again.dsn, "select v from kept"), "7", "{when}");
+    let chain = sb.prepare(&CHAIN);
+    assert_eq!(sb.query(&chain.dsn, "select sum(v) from x"), "3", "{when}");
+    check_store(&sb, &format!("{when}, then a prepare"));
+}
+
+const CHAIN_ARGS: [&str; 6] = [
+    "prepare:psql",
+    "--",
+    "-c",
+    "create table x(v int)",
+    "-c",
+    "insert into x values (1), (2)",
+];
+
+#[test]
+fn power_cut_after_a_step() {
+    power_cut_at("step");
+}
+
+#[test]
+fn power_cut_before_the_index_record() {
+    power_cut_at("record");
+}
+
+#[test]
+fn power_cut_before_the_hand_out() {
+    power_cut_at("hand_out");
+}
