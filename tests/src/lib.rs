@@ -1091,6 +1091,26 @@ impl LoopFs {
     }
 }
 
+impl LoopFs {
+    /// A power cut: the filesystem is replaced, at the same mount point, by
+    /// a copy of what its device held at this moment. Whatever processes
+    /// wrote that still sat in the page cache (not synced, not yet written
+    /// back) is lost, as it would be; the device's own contents are kept
+    /// whole (a disk that loses nothing it was sent). Kill the processes
+    /// using the filesystem first.
+    pub fn power_cut(&self) -> Result<(), SetupError> {
+        let image = self.dir.join("fs.img");
+        let after = self.dir.join("after-power-cut.img");
+        std::fs::copy(&image, &after).map_err(io_err(&image))?;
+        self.tool("umount", &[OsStr::new("-l")], &self.mount)?;
+        self.tool(
+            "mount",
+            &[OsStr::new("-o"), OsStr::new("loop"), after.as_os_str()],
+            &self.mount,
+        )
+    }
+}
+
 impl Drop for LoopFs {
     fn drop(&mut self) {
         let mounted = || {
@@ -1664,25 +1684,5 @@ mod tests {
         }
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         assert!(check_traversable(&inner).is_ok());
-    }
-}
-
-impl LoopFs {
-    /// A power cut: the filesystem is replaced, at the same mount point, by
-    /// a copy of what its device held at this moment. Whatever processes
-    /// wrote that still sat in the page cache (not synced, not yet written
-    /// back) is lost, as it would be; the device's own contents are kept
-    /// whole (a disk that loses nothing it was sent). Kill the processes
-    /// using the filesystem first.
-    pub fn power_cut(&self) -> Result<(), SetupError> {
-        let image = self.dir.join("fs.img");
-        let after = self.dir.join("after-power-cut.img");
-        std::fs::copy(&image, &after).map_err(io_err(&image))?;
-        self.tool("umount", &[OsStr::new("-l")], &self.mount)?;
-        self.tool(
-            "mount",
-            &[OsStr::new("-o"), OsStr::new("loop"), after.as_os_str()],
-            &self.mount,
-        )
     }
 }
