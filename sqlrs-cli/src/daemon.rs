@@ -258,13 +258,7 @@ mod tests {
 
     #[test]
     fn refusals_and_owners() {
-        let with = |status: tonic::Status, reason: &str| {
-            let mut status = status;
-            status
-                .metadata_mut()
-                .insert(sqlrs_proto::REASON_HEADER, reason.parse().expect("ascii"));
-            status
-        };
+        let with = crate::error::with_reason_header;
         let cases = [
             (with(tonic::Status::unauthenticated("x"), "bad_token"), true),
             (

@@ -82,6 +82,15 @@ pub fn reply<T>(result: Result<tonic::Response<T>, tonic::Status>) -> Result<T, 
         .map_err(CliError::Daemon)
 }
 
+/// A status carrying the daemon's reason header, as the daemon sends it.
+#[cfg(test)]
+pub fn with_reason_header(mut status: tonic::Status, reason: &str) -> tonic::Status {
+    status
+        .metadata_mut()
+        .insert(sqlrs_proto::REASON_HEADER, reason.parse().expect("ascii"));
+    status
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -93,13 +102,7 @@ mod tests {
             sqlrs_proto::REASON_HEADER,
             "not_found".parse().expect("ascii"),
         );
-        let with = |status: tonic::Status, reason: &str| {
-            let mut status = status;
-            status
-                .metadata_mut()
-                .insert(sqlrs_proto::REASON_HEADER, reason.parse().expect("ascii"));
-            status
-        };
+        let with = with_reason_header;
         let cases = [
             (with_reason, "no instance matches abcdef12 (not_found)".to_owned()),
             (
