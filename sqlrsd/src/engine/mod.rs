@@ -728,23 +728,51 @@ impl Engine {
             Delivery::Instance(_) => Priority::Interactive,
             Delivery::Prebuild { .. } => Priority::Background,
         };
-        let locked = chain.ids[first_missing];
-        let lock = self.build_lock(&locked);
-        let result = tokio::select! {
-            result = async {
-                // The lock first: a job waiting for another's build of the
-                // same state holds no build slot meanwhile.
-                let what = format!("state {}", locked.to_hex());
-                let _guard = lock.acquire(&self.jobs, job, &what).await;
-                let _slot = self.scheduler.acquire(priority).await;
-                let cached = self.cached_prefix(chain)?;
-                self.finish_prepare(job, chain, cached, delivery).await
-            } => result,
-            () = job.cancel.cancelled() => Err(Stop::Cancelled),
-        };
-        drop(lock);
-        self.forget_build_lock(&locked);
+        // Every state still missing is locked, in chain order, for the
+        // whole build: a prepare that finds part of the chain cached by now
+        // waits for the rest instead of building it a second time. (Locks
+        // are taken root to leaf by every job, so none waits in a circle.)
+        let missing: Vec<StateId> = chain.ids[first_missing..].to_vec();
+        let result = self
+            .build_missing(job, chain, delivery, &missing, priority)
+            .await;
+        for id in &missing {
+            self.forget_build_lock(id);
+        }
         result
+    }
+
+    /// [`Self::make_head`] with the missing states' locks held.
+    async fn build_missing(
+        self: &Arc<Self>,
+        job: &Arc<LiveJob>,
+        chain: &Chain,
+        delivery: &Delivery,
+        missing: &[StateId],
+        priority: Priority,
+    ) -> Result<Option<InstanceRecord>, Stop> {
+        let locks: Vec<Arc<BuildLock>> = missing.iter().map(|id| self.build_lock(id)).collect();
+        let acquired = tokio::select! {
+            held = async {
+                // The locks first: a job waiting for another's build holds
+                // no build slot meanwhile.
+                let mut guards = Vec::with_capacity(locks.len());
+                for (lock, id) in locks.iter().zip(missing) {
+                    let what = format!("state {}", id.to_hex());
+                    guards.push(lock.acquire(&self.jobs, job, &what).await);
+                }
+                let slot = self.scheduler.acquire(priority).await;
+                (guards, slot)
+            } => Some(held),
+            () = job.cancel.cancelled() => None,
+        };
+        // The build itself is not dropped on cancellation: it stops between
+        // steps (psql is interrupted) and removes its build server.
+        let Some((_guards, _slot)) = acquired else {
+            return Err(Stop::Cancelled);
+        };
+        let cached = self.cached_prefix(chain)?;
+        self.finish_prepare(job, chain, cached, delivery).await
     }
 
     /// With the first `cached` states in the store: reports them, then starts
@@ -1452,10 +1480,19 @@ impl Engine {
         if force {
             return None;
         }
-        match self.connection_count(inst).await {
-            Ok(0) | Err(_) => None,
-            Ok(n) => Some(format!("{n} open connection(s); close them or use --force")),
+        // A client that just disconnected stays in the server's view for a
+        // moment while its backend exits: look again before refusing.
+        let mut n = 0;
+        for attempt in 0..4 {
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            n = self.connection_count(inst).await.unwrap_or(0);
+            if n == 0 {
+                return None;
+            }
         }
+        Some(format!("{n} open connection(s); close them or use --force"))
     }
 
     pub async fn delete_state(

@@ -441,15 +441,33 @@ impl Engine {
 
     /// Removes instances past their time to live that nobody is connected to.
     async fn expire(&self, instances: &[InstanceRecord]) {
-        let now = now_ms();
-        for inst in instances.iter().filter(|i| {
-            i.status == InstanceStatus::Running && i.expires_at_ms != 0 && i.expires_at_ms <= now
-        }) {
-            // Unknown counts as in use: try again at the next upkeep.
-            let connections = self.connection_count(inst).await.unwrap_or(1);
-            if connections == 0 {
-                tracing::info!(instance = %inst.id, "time to live is over; removing it");
-                self.discard_instance(inst).await;
+        let expired = |i: &InstanceRecord| {
+            i.status == InstanceStatus::Running
+                && i.expires_at_ms != 0
+                && i.expires_at_ms <= now_ms()
+        };
+        for seen in instances.iter().filter(|i| expired(i)) {
+            // A prepare handing the named instance out again extends its
+            // time to live under the name lock: decide under it too, on the
+            // record as it is now.
+            let lock = seen.name.as_deref().map(|n| self.name_lock(n));
+            let guard = match &lock {
+                Some(lock) => Some(lock.lock().await),
+                None => None,
+            };
+            let current = self.index.instance(&seen.id).ok().flatten();
+            if let Some(inst) = current.filter(|i| expired(i)) {
+                // Unknown counts as in use: try again at the next upkeep.
+                let connections = self.connection_count(&inst).await.unwrap_or(1);
+                if connections == 0 {
+                    tracing::info!(instance = %inst.id, "time to live is over; removing it");
+                    self.discard_instance(&inst).await;
+                }
+            }
+            drop(guard);
+            if let Some(name) = &seen.name {
+                drop(lock);
+                self.forget_name_lock(name);
             }
         }
     }
