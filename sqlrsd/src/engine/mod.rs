@@ -1959,5 +1959,21 @@ mod tests {
                 (got, _) => panic!("{prefix}: {got:?}"),
             }
         }
+        // What a user reads for the failures.
+        let message = |prefix: &str| {
+            Engine::resolve("state", prefix, ids)
+                .unwrap_err()
+                .to_string()
+        };
+        assert_eq!(
+            message("aaaaaaaa"),
+            "id prefix aaaaaaaa matches several states (aaaaaaaa11, aaaaaaaa22); give more characters"
+        );
+        assert_eq!(message("cccccccc"), "state cccccccc not found");
+        assert_eq!(
+            message("aaaa"),
+            "id prefix \"aaaa\" is too short: give at least 8 hex characters"
+        );
+        assert!(message("zzzzzzzz").contains("is not an id: ids are hex"));
     }
 }
