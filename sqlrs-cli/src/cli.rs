@@ -300,7 +300,9 @@ pub struct RmArgs {
     /// Also remove what depends on it (child states, their instances).
     #[arg(long)]
     pub recurse: bool,
-    /// Remove even when in use (open connections, running jobs).
+    /// Remove even when in use: an instance with open connections, a state
+    /// with instances (removed with it), a running job (cancelled). A state
+    /// that a running build works on stays: cancel that job first.
     #[arg(long)]
     pub force: bool,
     /// Only say what would be removed.
