@@ -25,13 +25,7 @@ const CHAIN: [&str; 4] = [
 ];
 
 fn daemon_pid(sb: &Sandbox) -> Option<u32> {
-    let out = sb.sqlrs(&["--output", "json", "daemon", "status"]);
-    if !out.success() {
-        return None;
-    }
-    find_key(&out.json(), "pid")
-        .and_then(Value::as_u64)
-        .map(|p| p as u32)
+    sb.daemon_pid().map(|p| p as u32)
 }
 
 fn alive(pid: u32) -> bool {
@@ -241,14 +235,7 @@ fn a_second_daemon_on_the_same_store_refuses_naming_the_first() {
     let sb = Sandbox::new(Backend::Copy);
     sb.sqlrs_ok(&["daemon", "start"]);
     let first = daemon_pid(&sb).expect("the daemon runs");
-    let bins = sqlrs_e2e::Binaries::locate().unwrap_or_else(|e| panic!("{e}"));
-    let mut cmd = std::process::Command::new(&bins.sqlrsd);
-    cmd.env("HOME", sb.root().join("home"))
-        .env("XDG_CONFIG_HOME", sb.root().join("config"))
-        .env("XDG_STATE_HOME", sb.root().join("state"))
-        .env("XDG_RUNTIME_DIR", sb.root().join("run"))
-        .stdin(Stdio::null());
-    let second = run(cmd, Duration::from_secs(30));
+    let second = run(sb.sqlrsd_command(), Duration::from_secs(30));
     assert_eq!(second.code, Some(1), "{second}");
     assert!(
         second

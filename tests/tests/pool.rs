@@ -1,11 +1,11 @@
 //! The warm pool, prebuilt watched aliases, stable names, time to live and
 //! open connections, through the CLI against real PostgreSQL.
 
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
-use sqlrs_e2e::{Backend, SCHEMA_SQL, SEED_SQL, Sandbox, find_key, prepared_from, psql_bin};
+use sqlrs_e2e::{Backend, SCHEMA_SQL, SEED_SQL, Sandbox, find_key, hold_connection, prepared_from};
 
 const ALIAS: &str = "kind: psql\nargs: [-f, db/schema.sql, -f, db/seed.sql]\n";
 
@@ -71,16 +71,6 @@ fn instance_ids(sb: &Sandbox) -> Vec<String> {
         .iter()
         .map(|i| i["id"].as_str().unwrap_or_default().to_owned())
         .collect()
-}
-
-/// A client session held open on `dsn` for `secs` seconds.
-fn hold_connection(dsn: &str, secs: u32) -> Child {
-    Command::new(psql_bin().expect("psql"))
-        .args([dsn, "-X", "-q", "-c", &format!("select pg_sleep({secs})")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("psql starts")
 }
 
 fn connections(sb: &Sandbox, id: &str) -> i64 {
