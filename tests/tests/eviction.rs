@@ -60,9 +60,11 @@ fn detail(sb: &Sandbox, id: &str) -> Value {
 
 /// Builds one step on the base, BIG and a `tag` of its own, and removes
 /// the instance at once, so nothing but the cache holds the state (a child
-/// of the base with some 40 MB of its own); returns it.
+/// of the base with some 40 MB of its own); returns it. The half-second
+/// sleep gives every step the same floor of build time, so that use counts,
+/// not the noise of a loaded machine, decide which state is worth least.
 fn build(sb: &Sandbox, tag: &str) -> String {
-    let step = format!("{BIG}; select '{tag}'");
+    let step = format!("{BIG}; select pg_sleep(0.5), '{tag}'");
     let prepared = prepared_from(sb.json(&["prepare:psql", "--", "-c", &step]));
     sb.sqlrs_ok(&["rm", "--force", &prepared.instance_id]);
     prepared.state_id
@@ -155,8 +157,10 @@ fn evicts_the_least_valuable(backend: Backend) {
     restart(&sb);
 
     let b = build(&sb, "b");
-    // a again: used more often and more recently than b.
-    assert_eq!(build(&sb, "a"), a);
+    // a again: used five times as often as b, and more recently.
+    for _ in 0..4 {
+        assert_eq!(build(&sb, "a"), a);
+    }
     let before = cache(&sb);
     assert!(
         before["last_eviction"].is_null() && before["pressure"] != "full",
@@ -178,9 +182,10 @@ fn evicts_the_least_valuable(backend: Backend) {
         "{ids:?}"
     );
 
-    // Pinned, a stays although it is now worth less than c (used twice more).
-    build(&sb, "c");
-    build(&sb, "c");
+    // Pinned, a stays although it is now worth less than c (used more).
+    for _ in 0..5 {
+        build(&sb, "c");
+    }
     sb.sqlrs_ok(&["pin", &a]);
     let pins = sb.json(&["pin"]);
     assert!(pins.to_string().contains(&a), "{pins:#}");
