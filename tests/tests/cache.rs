@@ -294,3 +294,44 @@ fn failing_step_keeps_earlier_states(runtime: Runtime, backend: Backend) {
         "the state before the failure is reused"
     );
 }
+
+/// A copy store takes a stopped build server's directory as the state, less
+/// the WAL segments PostgreSQL renamed for later reuse: a step that writes
+/// some 30 MB of WAL leaves a state with the segment of its shutdown
+/// checkpoint (and perhaps the one before), and instances of it start, hold
+/// the data and write new WAL.
+fn copy_states_keep_no_recycled_wal(runtime: Runtime) {
+    let sb = Sandbox::on(runtime, Backend::Copy);
+    let step =
+        "create table w as select g, repeat('x', 200) as t from generate_series(1, 100000) g";
+    let first = sb.prepare(&["-c", step]);
+    let wal = sb
+        .state_dir()
+        .join("states")
+        .join(&first.state_id)
+        .join("pg_wal");
+    let segments: Vec<String> = std::fs::read_dir(&wal)
+        .unwrap_or_else(|e| panic!("{}: {e}", wal.display()))
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.len() == 24 && n.bytes().all(|b| b.is_ascii_hexdigit()))
+        .collect();
+    assert!(
+        (1..=2).contains(&segments.len()),
+        "the state keeps recycled WAL segments: {segments:?}"
+    );
+    for prepared in [first, sb.prepare(&["-c", step])] {
+        assert_eq!(sb.query(&prepared.dsn, "select count(*) from w"), "100000");
+        sb.query(&prepared.dsn, "insert into w select * from w");
+        assert_eq!(sb.query(&prepared.dsn, "select count(*) from w"), "200000");
+    }
+}
+
+#[test]
+fn copy_states_keep_no_recycled_wal_native() {
+    copy_states_keep_no_recycled_wal(Runtime::Native);
+}
+
+#[test]
+fn copy_states_keep_no_recycled_wal_docker() {
+    copy_states_keep_no_recycled_wal(Runtime::Docker);
+}

@@ -856,8 +856,9 @@ impl Engine {
 
     /// Makes `data` state `id` and records it. Atomic backends snapshot it
     /// (the server may run) under a temporary name, synced, then renamed into
-    /// place; the others take the directory itself (its server is stopped):
-    /// synced, then renamed into place, so the caller clones it back into
+    /// place; the others take the directory itself (its server is stopped),
+    /// less the WAL segments recycled for later use: synced, then renamed
+    /// into place, so the caller clones it back into
     /// `data` if it goes on using it, without syncing that copy. Indexed last.
     async fn record_state(
         &self,
@@ -873,20 +874,39 @@ impl Engine {
         if tmp.exists() {
             self.snapshotter.remove(&tmp)?;
         }
+        let t0 = Instant::now();
         if self.snapshotter.atomic() {
             self.snapshotter.snapshot(data, &tmp)?;
             crate::failpoint::hit("snapshot");
             std::fs::rename(&tmp, &dst).map_err(io_err(&dst))?;
         } else {
+            // Stopped: the WAL it recycled for later use is not needed.
+            match crate::runtime::wal::prune_recycled_segments(data) {
+                Ok(0) => {}
+                Ok(bytes) => tracing::debug!(state = %&id[..12], bytes, "recycled WAL left out"),
+                Err(e) => tracing::warn!(
+                    "keeping the WAL segments of {}: cannot prune them: {e}",
+                    data.display()
+                ),
+            }
             snapshot::write_back(data)?;
             crate::failpoint::hit("snapshot");
             std::fs::rename(data, &dst).map_err(io_err(&dst))?;
         }
+        let t1 = Instant::now();
         // The rename itself reaches the disk before the index names the
         // state: after a power cut the index never names a missing directory.
         sync_dir(&self.store.states_dir())?;
         crate::failpoint::hit("record");
+        let t2 = Instant::now();
         let size = self.snapshotter.usage(&dst).unwrap_or(0);
+        tracing::debug!(
+            state = %&id[..12],
+            snapshot_ms = (t1 - t0).as_millis() as u64,
+            sync_dir_ms = (t2 - t1).as_millis() as u64,
+            usage_ms = t2.elapsed().as_millis() as u64,
+            "state saved"
+        );
         let now = now_ms();
         self.index.put_state(&StateRecord {
             id: id.into(),
@@ -1039,11 +1059,18 @@ impl Engine {
             let atomic = self.snapshotter.atomic();
             let mut recorded = false;
             let snapshot = async {
+                let t0 = Instant::now();
                 if atomic {
                     runtime.checkpoint(&server).await?;
                 } else {
                     runtime.stop(&server).await?;
                 }
+                tracing::debug!(
+                    step = k + 1,
+                    step_ms = started.elapsed().as_millis() as u64,
+                    quiesce_ms = t0.elapsed().as_millis() as u64,
+                    "step done, server quiet"
+                );
                 self.record_state(
                     &id,
                     Some(parent_id),
@@ -1055,8 +1082,13 @@ impl Engine {
                 .await?;
                 recorded = true;
                 if !atomic {
+                    let t0 = Instant::now();
                     self.snapshotter
                         .clone_writable(&self.store.state_path(&id), &data)?;
+                    tracing::debug!(
+                        clone_ms = t0.elapsed().as_millis() as u64,
+                        "state cloned back"
+                    );
                     server = runtime.start(&data, &run, &Self::server_options()).await?;
                     lower(&server);
                     record.started_at_ms = now_ms();
@@ -1223,8 +1255,13 @@ impl Engine {
         record: &mut InstanceRecord,
         server: &ServerHandle,
     ) -> Result<(), Stop> {
+        let t0 = Instant::now();
         let password = generate_password();
         runtime.set_password(server, &password).await?;
+        tracing::debug!(
+            password_ms = t0.elapsed().as_millis() as u64,
+            "password set"
+        );
         record.dsn = runtime.dsn(server, &password);
         record.password = password;
         record.server = Some(server.clone());
@@ -1240,7 +1277,13 @@ impl Engine {
         rt: &Selected,
         record: &InstanceRecord,
     ) -> Result<ServerHandle, EngineError> {
+        let t0 = Instant::now();
         self.clone_into_instance(&record.state_id, &record.id)?;
+        tracing::debug!(
+            instance = %record.id,
+            clone_ms = t0.elapsed().as_millis() as u64,
+            "state cloned"
+        );
         Ok(rt
             .runtime
             .start(

@@ -7,6 +7,7 @@ pub mod docker;
 mod launch;
 pub mod memory;
 mod native;
+pub mod wal;
 
 use std::ffi::CString;
 use std::io;
