@@ -86,7 +86,7 @@ fn main() {
     );
     let tmp = tempfile::Builder::new()
         .prefix("sqlrs-bench")
-        .tempdir_in("/var/tmp")
+        .tempdir_in(bench_dir())
         .unwrap();
     let root = tempfile::Builder::new()
         .prefix("sqlrs-bench")

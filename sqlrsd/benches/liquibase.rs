@@ -238,7 +238,7 @@ fn main() {
         );
     let tmp = tempfile::Builder::new()
         .prefix("sqlrs-bench-lb")
-        .tempdir_in("/var/tmp")
+        .tempdir_in(bench_dir())
         .unwrap();
     let btrfs_root = tempfile::Builder::new()
         .prefix("sqlrs-bench-lb")

@@ -9,26 +9,51 @@
 mod common;
 
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
 
 fn bench_sqlrs(sqlrs: &Sqlrs, label: &str, ds: &Dataset, project: &Path, rows: &mut Vec<Row>) {
-    let (build, id, _) = sqlrs.prepare(project, &ds.args);
-    sqlrs.rm(project, &id);
+    // Everything a series makes is removed after it, not between its runs:
+    // removing a btrfs subvolume leaves the filesystem freeing its extents in
+    // the background, which the next snapshot would wait for, and on a
+    // filesystem mounted with `discard` (as this machine's is) removed files
+    // are trimmed at the next journal commit, stalling the files created
+    // right after. That is the removal's cost, not the next prepare's.
+    let mut garbage = Vec::new();
+    let (build, first) = sqlrs.prepare_json(project, &ds.args);
+    garbage.push(first["instance_id"].as_str().unwrap().to_owned());
     eprintln!("  {label}: first build {}s", secs(build));
-    // Instances are removed after the series: removing a btrfs subvolume
-    // leaves the filesystem freeing its extents in the background, which the
-    // next snapshot would wait for (that is the removal's cost, not the hit's).
+    if label == "copy" {
+        // What a copy store's clone is made of, timed in the same place: a
+        // plain `cp -a` of the state's directory.
+        let state = sqlrs
+            .root
+            .join("state/sqlrs/states")
+            .join(first["state_id"].as_str().unwrap());
+        let mut copies = Vec::new();
+        for i in 0..ds.runs {
+            let to = sqlrs.root.join(format!("raw-copy-{i}"));
+            let t = Instant::now();
+            run_ok(Command::new("cp").arg("-a").arg(&state).arg(&to));
+            copies.push(t.elapsed());
+        }
+        rows.push(Row {
+            dataset: ds.name,
+            what: "cp -a of the state's directory (copy store's folder)".into(),
+            median: median(copies),
+        });
+    }
     let mut hits = Vec::new();
-    let mut instances = Vec::new();
     for _ in 0..ds.runs {
         let (t, id, _) = sqlrs.prepare(project, &ds.args);
-        instances.push(id);
+        garbage.push(id);
         hits.push(t);
     }
-    for id in instances {
-        sqlrs.rm(project, &id);
+    remove(sqlrs, project, &mut garbage);
+    for i in 0..ds.runs {
+        let _ = std::fs::remove_dir_all(sqlrs.root.join(format!("raw-copy-{i}")));
     }
     rows.push(Row {
         dataset: ds.name,
@@ -48,8 +73,10 @@ fn bench_sqlrs(sqlrs: &Sqlrs, label: &str, ds: &Dataset, project: &Path, rows: &
         edited.extend_from_slice(format!("\n-- edit {label} {i}\n").as_bytes());
         std::fs::write(project.join(&last), edited).unwrap();
         let (t, v) = sqlrs.prepare_json(project, &ds.args);
-        // The edited state is not needed again: free its space.
-        sqlrs.rm(project, v["state_id"].as_str().unwrap());
+        // The edited state is not needed again: its instance and it go
+        // after the series.
+        garbage.push(v["instance_id"].as_str().unwrap().to_owned());
+        garbage.push(v["state_id"].as_str().unwrap().to_owned());
         edits.push(t);
         std::fs::write(project.join(&last), &original).unwrap();
         if prefix.is_empty() {
@@ -60,8 +87,9 @@ fn bench_sqlrs(sqlrs: &Sqlrs, label: &str, ds: &Dataset, project: &Path, rows: &
         }
         let (_, id, dsn) = sqlrs.prepare(project, prefix);
         alone.push(psql(&dsn, &["-f", &last], project));
-        sqlrs.rm(project, &id);
+        garbage.push(id);
     }
+    remove(sqlrs, project, &mut garbage);
     rows.push(Row {
         dataset: ds.name,
         what: format!("(d) sqlrs after editing the last step, {label}"),
@@ -72,6 +100,13 @@ fn bench_sqlrs(sqlrs: &Sqlrs, label: &str, ds: &Dataset, project: &Path, rows: &
         what: format!("last step alone (psql), {label}"),
         median: median(alone),
     });
+}
+
+/// Removes the instances and states a series made, in the order made.
+fn remove(sqlrs: &Sqlrs, project: &Path, ids: &mut Vec<String>) {
+    for id in ids.drain(..) {
+        sqlrs.rm(project, &id);
+    }
 }
 
 fn backend_config(backend: &str) -> String {
@@ -92,7 +127,7 @@ fn main() {
         );
     let tmp = tempfile::Builder::new()
         .prefix("sqlrs-bench")
-        .tempdir_in("/var/tmp")
+        .tempdir_in(bench_dir())
         .unwrap();
     let btrfs_root = tempfile::Builder::new()
         .prefix("sqlrs-bench")

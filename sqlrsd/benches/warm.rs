@@ -205,7 +205,7 @@ fn main() {
         .unwrap();
     let tmp = tempfile::Builder::new()
         .prefix("sqlrs-bench")
-        .tempdir_in("/var/tmp")
+        .tempdir_in(bench_dir())
         .unwrap();
     let btrfs_root = tempfile::Builder::new()
         .prefix("sqlrs-bench")

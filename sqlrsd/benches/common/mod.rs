@@ -18,6 +18,18 @@ pub struct Dataset {
     pub runs: usize,
 }
 
+/// Where a bench keeps what is not on btrfs (copy stores, projects, plain
+/// servers): `SQLRS_BENCH_DIR`, else /var/tmp. A copy store's clones cost
+/// what copying files costs there, which differs between folders of one
+/// filesystem (see docs/benchmarks.md), so the prepare bench also times a
+/// plain `cp -a` of the state in the same place.
+pub fn bench_dir() -> PathBuf {
+    let dir = std::env::var_os("SQLRS_BENCH_DIR")
+        .map_or_else(|| PathBuf::from("/var/tmp"), PathBuf::from);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
 pub fn datasets_dir() -> PathBuf {
     let here = Path::new(env!("CARGO_MANIFEST_DIR"));
     let dir = here.join("../../shared/datasets");
