@@ -15,15 +15,8 @@ use std::time::{Duration, Instant};
 use common::*;
 
 fn bench_sqlrs(sqlrs: &Sqlrs, label: &str, ds: &Dataset, project: &Path, rows: &mut Vec<Row>) {
-    // Everything a series makes is removed after it, not between its runs:
-    // removing a btrfs subvolume leaves the filesystem freeing its extents in
-    // the background, which the next snapshot would wait for, and on a
-    // filesystem mounted with `discard` (as this machine's is) removed files
-    // are trimmed at the next journal commit, stalling the files created
-    // right after. That is the removal's cost, not the next prepare's.
-    let mut garbage = Vec::new();
     let (build, first) = sqlrs.prepare_json(project, &ds.args);
-    garbage.push(first["instance_id"].as_str().unwrap().to_owned());
+    sqlrs.rm(project, first["instance_id"].as_str().unwrap());
     eprintln!("  {label}: first build {}s", secs(build));
     if label == "copy" {
         // What a copy store's clone is made of, timed in the same place: a
@@ -35,9 +28,11 @@ fn bench_sqlrs(sqlrs: &Sqlrs, label: &str, ds: &Dataset, project: &Path, rows: &
         let mut copies = Vec::new();
         for i in 0..ds.runs {
             let to = sqlrs.root.join(format!("raw-copy-{i}"));
+            settle(sqlrs, label);
             let t = Instant::now();
             run_ok(Command::new("cp").arg("-a").arg(&state).arg(&to));
             copies.push(t.elapsed());
+            std::fs::remove_dir_all(&to).unwrap();
         }
         rows.push(Row {
             dataset: ds.name,
@@ -45,15 +40,18 @@ fn bench_sqlrs(sqlrs: &Sqlrs, label: &str, ds: &Dataset, project: &Path, rows: &
             median: median(copies),
         });
     }
+    // The hits' instances are removed after the series, then the store
+    // settles (see `settle`).
     let mut hits = Vec::new();
+    let mut instances = Vec::new();
+    settle(sqlrs, label);
     for _ in 0..ds.runs {
         let (t, id, _) = sqlrs.prepare(project, &ds.args);
-        garbage.push(id);
+        instances.push(id);
         hits.push(t);
     }
-    remove(sqlrs, project, &mut garbage);
-    for i in 0..ds.runs {
-        let _ = std::fs::remove_dir_all(sqlrs.root.join(format!("raw-copy-{i}")));
+    for id in instances {
+        sqlrs.rm(project, &id);
     }
     rows.push(Row {
         dataset: ds.name,
@@ -72,24 +70,24 @@ fn bench_sqlrs(sqlrs: &Sqlrs, label: &str, ds: &Dataset, project: &Path, rows: &
         let mut edited = original.clone();
         edited.extend_from_slice(format!("\n-- edit {label} {i}\n").as_bytes());
         std::fs::write(project.join(&last), edited).unwrap();
+        settle(sqlrs, label);
         let (t, v) = sqlrs.prepare_json(project, &ds.args);
-        // The edited state is not needed again: its instance and it go
-        // after the series.
-        garbage.push(v["instance_id"].as_str().unwrap().to_owned());
-        garbage.push(v["state_id"].as_str().unwrap().to_owned());
+        // The edited state is not needed again: free its space.
+        sqlrs.rm(project, v["state_id"].as_str().unwrap());
         edits.push(t);
         std::fs::write(project.join(&last), &original).unwrap();
         if prefix.is_empty() {
             // A one-step chain: its step alone runs on an empty cluster.
             let server = PlainServer::start(&sqlrs.root, &format!("{}-alone-{i}", ds.name));
+            settle(sqlrs, label);
             alone.push(psql(&server.dsn("postgres"), &["-f", &last], project));
             continue;
         }
         let (_, id, dsn) = sqlrs.prepare(project, prefix);
+        settle(sqlrs, label);
         alone.push(psql(&dsn, &["-f", &last], project));
-        garbage.push(id);
+        sqlrs.rm(project, &id);
     }
-    remove(sqlrs, project, &mut garbage);
     rows.push(Row {
         dataset: ds.name,
         what: format!("(d) sqlrs after editing the last step, {label}"),
@@ -102,10 +100,22 @@ fn bench_sqlrs(sqlrs: &Sqlrs, label: &str, ds: &Dataset, project: &Path, rows: &
     });
 }
 
-/// Removes the instances and states a series made, in the order made.
-fn remove(sqlrs: &Sqlrs, project: &Path, ids: &mut Vec<String>) {
-    for id in ids.drain(..) {
-        sqlrs.rm(project, &id);
+/// Lets the store's filesystem finish what earlier runs left it, outside
+/// the timings: dirty data written back and removals completed (`sync -f`,
+/// which on an ext4 mounted with `discard`, as this machine's is, also
+/// trims what was removed), and on btrfs the extents of deleted subvolumes
+/// freed (`btrfs subvolume sync`). Otherwise a run pays for the removals
+/// and writes of the runs before it: a clone created right after a state
+/// was removed took 48–85 ms instead of 17 ms, and a snapshot waits for
+/// extents being freed.
+fn settle(sqlrs: &Sqlrs, label: &str) {
+    run_ok(Command::new("sync").arg("-f").arg(&sqlrs.root));
+    if label == "btrfs" {
+        run_ok(
+            Command::new("btrfs")
+                .args(["subvolume", "sync"])
+                .arg(&sqlrs.root),
+        );
     }
 }
 
