@@ -95,6 +95,13 @@ if $stop; then
     else
         log "no podman service running for $DIR"
     fi
+    # The overlay driver bind-mounts its storage folder onto itself (and a
+    # layer's merged view while a container runs); without the service those
+    # mounts only keep DIR from being removed. Deepest first.
+    { findmnt -rn -o TARGET | grep -F "$DIR/storage/" || true; } | sort -r | while read -r target; do
+        umount "$target" 2>/dev/null || umount -l "$target" ||
+            log "could not unmount $target"
+    done
     exit 0
 fi
 
