@@ -857,9 +857,9 @@ impl Engine {
     /// Makes `data` state `id` and records it. Atomic backends snapshot it
     /// (the server may run) under a temporary name, synced, then renamed into
     /// place; the others take the directory itself (its server is stopped),
-    /// less the WAL segments recycled for later use: synced, then renamed
-    /// into place, so the caller clones it back into
-    /// `data` if it goes on using it, without syncing that copy. Indexed last.
+    /// less the WAL segments recycled for later use: synced, then renamed into
+    /// place, so the caller clones it back into `data` if it goes on using
+    /// it, without syncing that copy. Indexed last.
     async fn record_state(
         &self,
         id: &str,
