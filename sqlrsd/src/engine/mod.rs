@@ -1902,20 +1902,24 @@ impl Engine {
 /// How often the data a running step writes is pushed to disk.
 const WRITE_BACK_INTERVAL: Duration = Duration::from_millis(500);
 
-/// Writes back the store's dirty data every [`WRITE_BACK_INTERVAL`] until
-/// dropped: the disk works while the step does, so the snapshot that follows
-/// (which must make the state durable) finds little left to write.
+/// Starts writing back the data files the step modified, every
+/// [`WRITE_BACK_INTERVAL`], until dropped: the disk works while the step
+/// does, so making the state durable afterwards finds little left to write.
 async fn write_back_while_running(data: &Path) -> std::convert::Infallible {
     let mut tick = tokio::time::interval(WRITE_BACK_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
+    // The first walk takes every file: a copy store's clone of the parent
+    // is not synced and keeps the parent's timestamps. Later walks take what
+    // changed since the one before, with a second of overlap (timestamps
+    // are coarse); asking again for a clean file costs nothing.
+    let mut since = std::time::SystemTime::UNIX_EPOCH;
     loop {
         tick.tick().await;
         let path = data.to_owned();
-        let flushed = tokio::task::spawn_blocking(move || snapshot::write_back(&path)).await;
-        if let Ok(Err(e)) = flushed {
-            tracing::debug!("background write-back failed: {e}");
-        }
+        let walk_start = std::time::SystemTime::now();
+        let _ = tokio::task::spawn_blocking(move || snapshot::start_write_back(&path, since)).await;
+        since = walk_start - Duration::from_secs(1);
     }
 }
 

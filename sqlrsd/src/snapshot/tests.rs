@@ -911,3 +911,61 @@ fn out_of_space_messages_say_how_to_make_room() {
         "could not create /s/x: Permission denied (os error 13)"
     );
 }
+
+/// `start_write_back` hands the disk the data files written since the time
+/// given, and neither older files nor `pg_wal`: FIEMAP shows each file's
+/// unwritten (delayed-allocation) bytes as private, and a file the write-back
+/// was asked for has its blocks allocated when the call returns.
+fn write_back_starts_with_recent_data_files(root: &Path) {
+    let data = root.join("data");
+    for dir in ["base/5", "global", "pg_wal"] {
+        fs::create_dir_all(data.join(dir)).expect("mkdir");
+    }
+    let since = std::time::SystemTime::now() - std::time::Duration::from_secs(1);
+    let recent = ["base/5/16384", "global/1262"];
+    let old = "base/5/16390";
+    let wal = "pg_wal/000000010000000000000007";
+    for (i, name) in recent.iter().chain([&old, &wal]).enumerate() {
+        fs::write(data.join(name), noise(1 << 20, 10 + i as u64)).expect("write");
+    }
+    fs::write(data.join("base/5/16399"), b"").expect("write");
+    let long_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    fs::File::options()
+        .write(true)
+        .open(data.join(old))
+        .and_then(|f| f.set_modified(long_ago))
+        .expect("set mtime");
+    let unwritten = |name: &str| {
+        extents::Extents::of_tree(&data.join(name))
+            .expect("FIEMAP")
+            .private()
+    };
+    for name in recent.iter().chain([&old, &wal]) {
+        assert_eq!(unwritten(name), 1 << 20, "{name} is dirty before");
+    }
+    assert_eq!(start_write_back(&data, since), recent.len());
+    // The write is started, not waited for; the kernel's own write-back
+    // would take 30 s (dirty_expire_centisecs) to come to these files.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while recent.iter().any(|name| unwritten(name) != 0) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the recent files were not written within 10 s: {:?}",
+            recent.map(|name| (name, unwritten(name)))
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    for name in [old, wal] {
+        assert_eq!(unwritten(name), 1 << 20, "{name} was left alone");
+    }
+}
+
+#[test]
+fn write_back_starts_with_recent_data_files_on_btrfs() {
+    write_back_starts_with_recent_data_files(btrfs_dir().path());
+}
+
+#[test]
+fn write_back_starts_with_recent_data_files_on_xfs() {
+    write_back_starts_with_recent_data_files(xfs_dir().path());
+}
