@@ -6,7 +6,8 @@
 #
 # Creates sparse image files under DIR, formats one as btrfs and one as XFS with
 # reflinks (mkfs.xfs -m reflink=1), loop-mounts them at DIR/btrfs and DIR/xfs,
-# and prints the environment the tests read:
+# with direct I/O to the image (see `setup`), and prints the environment the
+# tests read:
 #
 #   SQLRS_TEST_BTRFS=DIR/btrfs
 #   SQLRS_TEST_XFS=DIR/xfs
@@ -94,6 +95,18 @@ setup() {
         log "mounted $img at $mnt"
     fi
     chmod 0755 "$mnt"
+    # Direct I/O from the loop device to its image: otherwise every block is
+    # cached twice (in the filesystem on the image and in the image file's
+    # own page cache) and a flush of the test filesystem (a btrfs snapshot,
+    # syncfs) writes the image file back then, unlike a real disk.
+    local dev
+    dev="$(findmnt -n -o SOURCE --mountpoint "$mnt")"
+    case "$dev" in
+    /dev/loop*)
+        losetup --direct-io=on "$dev" ||
+            log "$dev: direct I/O refused by the filesystem under $img; keeping buffered I/O"
+        ;;
+    esac
 }
 
 setup btrfs "$DIR/btrfs.img" "$DIR/btrfs" mkfs.btrfs -q
