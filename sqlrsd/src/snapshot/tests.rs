@@ -17,8 +17,31 @@ use super::*;
 const BTRFS_ENV: &str = "SQLRS_TEST_BTRFS";
 const XFS_ENV: &str = "SQLRS_TEST_XFS";
 
+/// The tests on the shared mounts run in parallel, each holding this
+/// shared; a test that needs the mounts to itself (another test's `syncfs`
+/// would write back the files it watches) holds it exclusively.
+static MOUNTS: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+enum MountLock {
+    Shared(#[allow(dead_code)] std::sync::RwLockReadGuard<'static, ()>),
+    Exclusive(#[allow(dead_code)] std::sync::RwLockWriteGuard<'static, ()>),
+}
+
+/// A fresh directory on one of the test mounts, removed before the lock on
+/// the mounts is let go.
+struct TestDir {
+    dir: tempfile::TempDir,
+    _lock: MountLock,
+}
+
+impl TestDir {
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
 /// A fresh directory inside the test filesystem named by `var`, which must be of type `f_type`.
-fn test_dir_on(var: &str, f_type: u32, what: &str) -> tempfile::TempDir {
+fn test_dir_on(var: &str, f_type: u32, what: &str, lock: MountLock) -> TestDir {
     let dir = std::env::var_os(var).unwrap_or_else(|| {
         panic!(
             "set {var} to a directory on a mounted {what} (packaging/ci/btrfs-image.sh creates \
@@ -34,15 +57,33 @@ fn test_dir_on(var: &str, f_type: u32, what: &str) -> tempfile::TempDir {
         dir.display(),
         filesystem_name(found)
     );
-    tempfile::tempdir_in(&dir).unwrap_or_else(|e| panic!("{var}={}: {e}", dir.display()))
+    let dir = tempfile::tempdir_in(&dir).unwrap_or_else(|e| panic!("{var}={}: {e}", dir.display()));
+    TestDir { dir, _lock: lock }
 }
 
-fn btrfs_dir() -> tempfile::TempDir {
-    test_dir_on(BTRFS_ENV, magic::BTRFS, "btrfs")
+fn shared() -> MountLock {
+    // A test that failed while holding the lock leaves nothing to protect.
+    MountLock::Shared(MOUNTS.read().unwrap_or_else(|e| e.into_inner()))
 }
 
-fn xfs_dir() -> tempfile::TempDir {
-    test_dir_on(XFS_ENV, magic::XFS, "XFS with reflink=1")
+fn exclusive() -> MountLock {
+    MountLock::Exclusive(MOUNTS.write().unwrap_or_else(|e| e.into_inner()))
+}
+
+fn btrfs_dir_with(lock: MountLock) -> TestDir {
+    test_dir_on(BTRFS_ENV, magic::BTRFS, "btrfs", lock)
+}
+
+fn xfs_dir_with(lock: MountLock) -> TestDir {
+    test_dir_on(XFS_ENV, magic::XFS, "XFS with reflink=1", lock)
+}
+
+fn btrfs_dir() -> TestDir {
+    btrfs_dir_with(shared())
+}
+
+fn xfs_dir() -> TestDir {
+    xfs_dir_with(shared())
 }
 
 /// The uid and gid of the `postgres` account; the tests run as root like the daemon.
@@ -914,8 +955,10 @@ fn out_of_space_messages_say_how_to_make_room() {
 
 /// `start_write_back` hands the disk the data files written since the time
 /// given, and neither older files nor `pg_wal`: FIEMAP shows each file's
-/// unwritten (delayed-allocation) bytes as private, and a file the write-back
-/// was asked for has its blocks allocated when the call returns.
+/// unwritten (delayed-allocation) bytes as private; the files the write-back
+/// was asked for get their blocks soon after, the others keep them unwritten
+/// (the kernel's own write-back comes to a file after 30 s). The mounts are
+/// held exclusively: another test's `syncfs` would write back everything.
 fn write_back_starts_with_recent_data_files(root: &Path) {
     let data = root.join("data");
     for dir in ["base/5", "global", "pg_wal"] {
@@ -962,10 +1005,10 @@ fn write_back_starts_with_recent_data_files(root: &Path) {
 
 #[test]
 fn write_back_starts_with_recent_data_files_on_btrfs() {
-    write_back_starts_with_recent_data_files(btrfs_dir().path());
+    write_back_starts_with_recent_data_files(btrfs_dir_with(exclusive()).path());
 }
 
 #[test]
 fn write_back_starts_with_recent_data_files_on_xfs() {
-    write_back_starts_with_recent_data_files(xfs_dir().path());
+    write_back_starts_with_recent_data_files(xfs_dir_with(exclusive()).path());
 }
